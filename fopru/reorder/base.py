@@ -1,0 +1,50 @@
+"""The reorder-policy contract: the order kept tokens reach the LLM in, and their position ids."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+
+from fopru.errors import ConfigError
+from fopru.strategies.base import Selection
+
+Positions = Literal["compact", "original"]
+POSITIONS: tuple[str, ...] = ("compact", "original")
+
+
+class ReorderPolicy(ABC):
+    """Permutes a selection's tokens, and says which position ids the adapter gives them.
+
+    ``permutation(selection, significance)`` returns a (B, k) int64 permutation of ``range(k)`` per sample (the
+    new order of the selection's columns); ``apply`` uses it on indices and merge weights alike, so the kept set
+    never changes, only its order.
+
+    ``positions`` is honoured by the adapters: ``compact`` re-indexes the k kept tokens 0..k-1 after the text
+    before them (LLaVA's natural behaviour, default for 1-D RoPE models); ``original`` keeps each token's offset
+    within the unpruned image (the only correct choice for Qwen2-VL's M-RoPE).
+    """
+
+    def __init__(self, positions: Positions = "compact") -> None:
+        if positions not in POSITIONS:
+            raise ConfigError(f"positions={positions!r} is not one of {list(POSITIONS)}")
+        self.positions = positions
+
+    @abstractmethod
+    def permutation(self, selection: Selection, significance: torch.Tensor) -> torch.Tensor:
+        """(B, k) permutation of the selection's columns."""
+
+    def apply(self, selection: Selection, significance: torch.Tensor) -> Selection:
+        """The selection with its tokens in this policy's order."""
+        order = self.permutation(selection, significance)
+        weights = selection.weights
+        if weights is not None:
+            weights = weights.gather(1, order[:, :, None].expand(-1, -1, weights.shape[2]))
+        return Selection(selection.indices.gather(1, order), weights)
+
+    def position_offsets(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, k) offsets of the kept tokens from the start of the image, per ``positions``."""
+        if self.positions == "original":
+            return indices
+        return torch.arange(indices.shape[1], device=indices.device).expand_as(indices)

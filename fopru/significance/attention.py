@@ -1,0 +1,149 @@
+"""Reductions of one vision-encoder layer's self-attention to per-patch statistics.
+
+Two routes give the same :class:`AttentionSummary`: :func:`summarize_attention` from a full (B, H, T, T) matrix
+(what eager attention returns with ``output_attentions=True``; the reference) and :func:`summarize_query_key`
+from that layer's queries and keys, in blocks of query rows, so the B x H x T x T matrix is never held at once.
+The second one is what the vision tap computes next to the layer's fast (SDPA) attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from fopru.errors import ConfigError
+
+Scores = Literal["probabilities", "logits"]
+ClsDrop = Literal["after_softmax", "before_softmax"]
+SCORES: tuple[str, ...] = ("probabilities", "logits")
+CLS_DROPS: tuple[str, ...] = ("after_softmax", "before_softmax")
+
+# Query rows per block are chosen so one block of scores stays under this many bytes.
+_BLOCK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class AttentionReduction:
+    """How attention becomes scores; the FoPru paper leaves both choices open.
+
+    Attributes:
+        scores: ``probabilities`` (softmax(QK^T / sqrt(d)), default) or ``logits`` (QK^T / sqrt(d), no softmax).
+        cls_drop: when the [CLS] token leaves the matrix. ``after_softmax`` (default): softmax over all T keys,
+            then the [CLS] row and column are dropped, so patch rows no longer sum to 1. ``before_softmax``: the
+            softmax runs over the N patch keys only, i.e. rows renormalised without [CLS]. Ignored for logits and
+            for encoders without [CLS].
+    """
+
+    scores: Scores = "probabilities"
+    cls_drop: ClsDrop = "after_softmax"
+
+    def __post_init__(self) -> None:
+        if self.scores not in SCORES:
+            raise ConfigError(f"scores={self.scores!r} is not one of {list(SCORES)}")
+        if self.cls_drop not in CLS_DROPS:
+            raise ConfigError(f"cls_drop={self.cls_drop!r} is not one of {list(CLS_DROPS)}")
+
+
+@dataclass(frozen=True)
+class AttentionSummary:
+    """Head-averaged patch-to-patch attention statistics of one layer, float32.
+
+    With A the head mean of the per-head scores restricted to patches (an N x N matrix):
+
+    Attributes:
+        received: (B, N), ``s1[j] = mean_i A[i, j]``: attention each patch receives.
+        paid: (B, N), ``s2[i] = mean_j A[i, j]``: attention each patch pays to the other patches.
+        cls: (B, N), the [CLS] row restricted to patches (FasterVLM's criterion); ``None`` without [CLS].
+    """
+
+    received: torch.Tensor
+    paid: torch.Tensor
+    cls: torch.Tensor | None
+
+
+def _split_cls(num_positions: int, has_cls: bool) -> int:
+    first = 1 if has_cls else 0
+    if num_positions - first < 1:
+        raise ConfigError(f"attention over {num_positions} positions leaves no patch tokens (has_cls={has_cls})")
+    return first
+
+
+def _block_scores(logits: torch.Tensor, first: int, reduction: AttentionReduction) -> torch.Tensor:
+    """Per-head scores of a block of query rows, float32, keys restricted to patches: (B, H, rows, N)."""
+    logits = logits.float()
+    if reduction.scores == "logits":
+        return logits[..., first:]
+    if reduction.cls_drop == "before_softmax":
+        return torch.softmax(logits[..., first:], dim=-1)
+    return torch.softmax(logits, dim=-1)[..., first:]
+
+
+def summarize_attention(
+    attention: torch.Tensor, has_cls: bool = True, reduction: AttentionReduction | None = None
+) -> AttentionSummary:
+    """Summary of a full (B, H, T, T) attention-probability matrix, [CLS] first when ``has_cls``.
+
+    ``reduction.scores == "logits"`` cannot be served from probabilities; use :func:`summarize_query_key`.
+    """
+    reduction = reduction or AttentionReduction()
+    if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
+        raise ConfigError(
+            f"attention must be (batch, heads, T, T) with T = N + 1 ([CLS] first) or N, got {tuple(attention.shape)}"
+        )
+    if reduction.scores == "logits":
+        raise ConfigError("scores='logits' needs queries and keys; probabilities cannot be turned back into logits")
+    first = _split_cls(attention.shape[-1], has_cls)
+    probabilities = attention.float()
+    if reduction.cls_drop == "before_softmax":
+        patches = probabilities[..., first:]
+        probabilities = patches / patches.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    else:
+        probabilities = probabilities[..., first:]
+    mean = probabilities.mean(dim=1)  # (B, T, N): head average
+    patch_rows = mean[:, first:, :]
+    return AttentionSummary(
+        received=patch_rows.mean(dim=1),
+        paid=patch_rows.mean(dim=2),
+        cls=mean[:, 0, :] if has_cls else None,
+    )
+
+
+def summarize_query_key(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    has_cls: bool = True,
+    reduction: AttentionReduction | None = None,
+    block_rows: int | None = None,
+) -> AttentionSummary:
+    """Summary from a layer's (B, H, T, D) queries and keys, computed block by block over query rows.
+
+    Memory is O(B * H * block_rows * T) instead of O(B * H * T^2). ``block_rows`` defaults to as many rows as fit
+    in a 64 MiB block.
+    """
+    reduction = reduction or AttentionReduction()
+    if query.ndim != 4 or key.shape != query.shape:
+        raise ConfigError(
+            f"query and key must both be (batch, heads, T, head_dim), got {tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    batch, heads, positions, _ = query.shape
+    first = _split_cls(positions, has_cls)
+    num_patches = positions - first
+    if block_rows is None:
+        block_rows = max(1, _BLOCK_BYTES // (4 * batch * heads * positions))
+    received = query.new_zeros((batch, num_patches), dtype=torch.float32)
+    paid = query.new_zeros((batch, num_patches), dtype=torch.float32)
+    cls: torch.Tensor | None = None
+    key_t = key.transpose(-1, -2)
+    for start in range(0, positions, block_rows):
+        stop = min(positions, start + block_rows)
+        logits = torch.matmul(query[:, :, start:stop], key_t) * scaling
+        mean = _block_scores(logits, first, reduction).mean(dim=1)  # (B, rows, N)
+        if has_cls and start == 0:
+            cls = mean[:, 0, :]
+        rows = mean[:, max(0, first - start) :, :]
+        received += rows.sum(dim=1)
+        paid[:, max(0, start - first) : stop - first] = rows.mean(dim=2)
+    return AttentionSummary(received=received / num_patches, paid=paid, cls=cls)

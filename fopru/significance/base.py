@@ -1,0 +1,39 @@
+"""The significance-source contract."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from fopru.layout import VisualLayout
+from fopru.significance.attention import AttentionReduction, AttentionSummary
+
+
+class SignificanceSource(ABC):
+    """Scores every visual token of a sample; higher means more worth keeping.
+
+    A source that reads attention sets ``reduction`` (how the tapped layer's attention is reduced) and
+    optionally ``layer`` (which vision-encoder layer to tap; ``None`` means the layer whose output the model uses
+    as visual features). The adapter taps that layer and hands over an :class:`AttentionSummary`. Sources with
+    ``reduction = None`` never cause a tap.
+
+    ``score`` receives:
+        attention: the tapped layer's summary, tensors (B, N) in float32, or ``None`` if ``reduction`` is ``None``.
+        features: (B, N, D) visual features of the N tokens (no [CLS]), any float dtype.
+        layout: the token layout (grids, [CLS], merge factor).
+    and returns a (B, N) float32 tensor, finite, on the features' device. It must not depend on the order of
+    samples in the batch except where documented (the seeded ``random`` source draws per call).
+    """
+
+    reduction: AttentionReduction | None = None
+    layer: int | None = None
+
+    @abstractmethod
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        """(B, N) float32 significance."""
+
+    def _require_attention(self, attention: AttentionSummary | None) -> AttentionSummary:
+        if attention is None:
+            raise ValueError(f"{type(self).__name__} reads attention but was given none; the adapter must tap it")
+        return attention

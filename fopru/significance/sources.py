@@ -1,0 +1,101 @@
+"""Significance sources: FoPru's focal rule and the ablation/baseline criteria beside it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from fopru.errors import ConfigError
+from fopru.layout import VisualLayout
+from fopru.significance.attention import AttentionReduction, AttentionSummary, ClsDrop, Scores
+from fopru.significance.base import SignificanceSource
+
+Direction = Literal["auto", "received", "paid"]
+DIRECTIONS: tuple[str, ...] = ("auto", "received", "paid")
+
+
+def choose_by_variance(received: torch.Tensor, paid: torch.Tensor) -> torch.Tensor:
+    """FoPru's rule, per sample: ``received`` (s1) if Var(s1) > Var(s2), else ``paid`` (s2)."""
+    use_received = received.var(dim=1, unbiased=False) > paid.var(dim=1, unbiased=False)
+    return torch.where(use_received[:, None], received, paid)
+
+
+class AttentionSignificance(SignificanceSource):
+    """Shared constructor of the sources that read the tapped attention."""
+
+    def __init__(
+        self,
+        scores: Scores = "probabilities",
+        cls_drop: ClsDrop = "after_softmax",
+        layer: int | None = None,
+    ) -> None:
+        self.reduction = AttentionReduction(scores=scores, cls_drop=cls_drop)
+        self.layer = layer
+
+
+class FocalSignificance(AttentionSignificance):
+    """FoPru's focal significance: attention received (s1) or paid (s2) by each patch, chosen by variance.
+
+    ``direction="auto"`` applies the variance rule per image; ``received``/``paid`` fix one side. Without [CLS]
+    (SigLIP) patch rows sum to 1, s2 is constant and the rule picks s1.
+    """
+
+    def __init__(
+        self,
+        direction: Direction = "auto",
+        scores: Scores = "probabilities",
+        cls_drop: ClsDrop = "after_softmax",
+        layer: int | None = None,
+    ) -> None:
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction={direction!r} is not one of {list(DIRECTIONS)}")
+        super().__init__(scores=scores, cls_drop=cls_drop, layer=layer)
+        self.direction = direction
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        attention = self._require_attention(attention)
+        if self.direction == "received":
+            return attention.received
+        if self.direction == "paid":
+            return attention.paid
+        return choose_by_variance(attention.received, attention.paid)
+
+
+class ClsSignificance(AttentionSignificance):
+    """[CLS]-to-patch attention of the tapped layer, head-averaged (FasterVLM; VisionZip sums heads, same order)."""
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        attention = self._require_attention(attention)
+        if attention.cls is None:
+            raise ConfigError(
+                "significance=cls needs a vision encoder with a [CLS] token, but this model has none "
+                "(e.g. SigLIP in Qwen2-VL); choose focal, received, paid, norm, uniform or random"
+            )
+        return attention.cls
+
+
+class NormSignificance(SignificanceSource):
+    """L2 norm of each visual feature: cheap and attention-free."""
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        return torch.linalg.vector_norm(features.float(), dim=-1)
+
+
+class UniformSignificance(SignificanceSource):
+    """All tokens equal, so a strategy acts on position alone (ties break toward the lower index)."""
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        return features.new_zeros(features.shape[:2], dtype=torch.float32)
+
+
+class RandomSignificance(SignificanceSource):
+    """Seeded uniform noise; a fixed seed and call sequence reproduce the same scores."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        noise = torch.rand(features.shape[:2], generator=self.generator, dtype=torch.float32)
+        return noise.to(features.device)

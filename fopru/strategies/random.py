@@ -1,0 +1,25 @@
+"""Random selection: the floor every significance-driven method must beat."""
+
+from __future__ import annotations
+
+import torch
+
+from fopru.layout import Budget, Grid
+from fopru.strategies.base import PruningStrategy, Selection
+
+
+class RandomStrategy(PruningStrategy):
+    """Keep ``max(1, floor(keep * n))`` tokens drawn uniformly without replacement, ignoring significance.
+
+    Draws come from a generator seeded with ``seed`` at construction: the same seed and sequence of calls give
+    the same selections.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+        count = budget.count(significance.shape[1], num_tokens)
+        noise = torch.rand(significance.shape, generator=self.generator)
+        return Selection(noise.argsort(dim=1)[:, :count].to(significance.device))

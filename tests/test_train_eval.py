@@ -1,0 +1,83 @@
+"""The Hydra entry point: composition, --help, sweeps and one-paragraph errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from fopru.components import CONFIG_DIR
+from fopru.pipeline import PruningPipeline
+from fopru.reorder import OriginalOrder
+from fopru.run import run
+from fopru.significance import FocalSignificance
+from fopru.strategies import RowStrategy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train_eval.py"),
+            *args,  # outputs/ and multirun/ land in cwd
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def test_defaults_compose_to_fopru() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_eval", overrides=["strategy=row", "keep=0.05"])
+    pipeline = run(cfg)
+    assert isinstance(pipeline, PruningPipeline)
+    assert isinstance(pipeline.significance, FocalSignificance)
+    assert isinstance(pipeline.strategy, RowStrategy)
+    assert isinstance(pipeline.reorder, OriginalOrder)
+    assert pipeline.budget.keep == 0.05
+
+
+def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
+    result = train_eval("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "strategy: none, pool, random, rank, row, uniform" in result.stdout
+    assert "significance: cls, focal, norm, paid, random, received, uniform" in result.stdout
+    assert "reorder: none, original, significance" in result.stdout
+
+
+def test_the_readme_sweep_composes_and_validates(tmp_path: Path) -> None:
+    result = train_eval("strategy=row", "keep=0.05,0.25", "-m", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "#1 : strategy=row keep=0.25" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("keep=0", "keep=0 is not a valid budget"),
+        ("keep=1.5", "keep=1.5 is not a valid budget"),
+        ("keep=nan", "keep=nan is not a valid budget"),
+        ("keep_tokens=0", "keep_tokens=0 is not a valid budget"),
+        ("significance.direction=up", "direction='up' is not one of ['auto', 'received', 'paid']"),
+    ],
+)
+def test_bad_values_end_with_one_paragraph_and_no_traceback(tmp_path: Path, override: str, message: str) -> None:
+    result = train_eval(override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0  # one paragraph
+
+
+@pytest.mark.parametrize("group", ["strategy", "significance", "reorder"])
+def test_unknown_names_list_the_valid_choices(tmp_path: Path, group: str) -> None:
+    result = train_eval(f"{group}=nonexistent", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"Could not find '{group}/nonexistent'" in result.stderr
+    assert f"Available options in '{group}'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -20,8 +20,9 @@ ClsDrop = Literal["after_softmax", "before_softmax"]
 SCORES: tuple[str, ...] = ("probabilities", "logits")
 CLS_DROPS: tuple[str, ...] = ("after_softmax", "before_softmax")
 
-# Query rows per block are chosen so one block of scores stays under this many bytes.
-_BLOCK_BYTES = 64 * 2**20
+# Query rows per block are chosen so one block of float32 scores stays under this many bytes; small blocks are
+# reused by the allocator instead of being mapped afresh on every call.
+_BLOCK_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,17 @@ def _split_cls(num_positions: int, has_cls: bool) -> int:
 
 
 def _block_scores(logits: torch.Tensor, first: int, reduction: AttentionReduction) -> torch.Tensor:
-    """Per-head scores of a block of query rows, float32, keys restricted to patches: (B, H, rows, N)."""
-    logits = logits.float()
+    """Per-head scores of a block of query rows, keys restricted to patches: (B, H, rows, N).
+
+    Works in place on ``logits`` (a fresh float32 buffer owned by the caller): one allocation per block instead of
+    three keeps the tap's cost to its arithmetic.
+    """
     if reduction.scores == "logits":
         return logits[..., first:]
-    if reduction.cls_drop == "before_softmax":
-        return torch.softmax(logits[..., first:], dim=-1)
-    return torch.softmax(logits, dim=-1)[..., first:]
+    normalized = logits[..., first:] if reduction.cls_drop == "before_softmax" else logits
+    normalized.sub_(normalized.amax(dim=-1, keepdim=True)).exp_()
+    normalized.div_(normalized.sum(dim=-1, keepdim=True))
+    return logits[..., first:]
 
 
 def summarize_attention(
@@ -121,7 +126,7 @@ def summarize_query_key(
     """Summary from a layer's (B, H, T, D) queries and keys, computed block by block over query rows.
 
     Memory is O(B * H * block_rows * T) instead of O(B * H * T^2). ``block_rows`` defaults to as many rows as fit
-    in a 64 MiB block.
+    in a 16 MiB block.
     """
     reduction = reduction or AttentionReduction()
     if query.ndim != 4 or key.shape != query.shape:
@@ -136,10 +141,10 @@ def summarize_query_key(
     received = query.new_zeros((batch, num_patches), dtype=torch.float32)
     paid = query.new_zeros((batch, num_patches), dtype=torch.float32)
     cls: torch.Tensor | None = None
-    key_t = key.transpose(-1, -2)
+    key_t = key.float().transpose(-1, -2)
     for start in range(0, positions, block_rows):
         stop = min(positions, start + block_rows)
-        logits = torch.matmul(query[:, :, start:stop], key_t) * scaling
+        logits = torch.matmul(query[:, :, start:stop].float() * scaling, key_t)
         mean = _block_scores(logits, first, reduction).mean(dim=1)  # (B, rows, N)
         if has_cls and start == 0:
             cls = mean[:, 0, :]

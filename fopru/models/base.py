@@ -1,0 +1,359 @@
+"""The target-model contract: one adapter per LVLM family, and what all of them share.
+
+An adapter wraps a real transformers model and its processor. It encodes images (tapping the vision layer the
+significance source asks for), hands visual features to the pruning pipeline, and rebuilds the language model's
+input from the kept tokens. Everything after that (the sequence assembly, positions, the greedy decode loop with a
+KV cache that holds only text and kept visual tokens) is shared here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from fopru.errors import ConfigError
+from fopru.layout import VisualLayout
+from fopru.models.loading import resolve_checkpoint, torch_dtype
+from fopru.models.tap import VisionAttentionTap
+from fopru.pipeline import PruningPipeline
+from fopru.reorder.base import Positions
+from fopru.significance.attention import AttentionSummary
+from fopru.significance.base import SignificanceSource
+
+
+@dataclass(frozen=True)
+class KeptImage:
+    """The visual tokens one image sends to the language model.
+
+    Attributes:
+        embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence.
+        indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
+            representative), the same order.
+        num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
+    """
+
+    embeddings: torch.Tensor
+    indices: torch.Tensor
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class LanguageInputs:
+    """A left-padded batch ready for the language model's prefill.
+
+    Attributes:
+        inputs_embeds: (B, L, D).
+        attention_mask: (B, L) int64, 0 on left padding.
+        position_ids: (P, B, L) int64; P = 1 for 1-D RoPE, 3 for M-RoPE (t, h, w).
+        visual_tokens: (B,) int64, visual tokens per sample that reach the language model.
+        images: every image's kept tokens, in batch order.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    visual_tokens: torch.Tensor
+    images: tuple[KeptImage, ...]
+
+    @property
+    def next_position(self) -> torch.Tensor:
+        """(B,) position id of the first generated token: one past the largest prompt position."""
+        masked = self.position_ids.masked_fill(self.attention_mask[None] == 0, -1)
+        return masked.amax(dim=(0, 2)) + 1
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Greedy generation output.
+
+    Attributes:
+        tokens: (B, T) generated token ids, padded with the pad id after end of sequence.
+        texts: decoded strings, special tokens removed.
+        inputs: the prefill inputs (kept visual tokens, positions) that produced them.
+        prompt_cache_length: cached positions right after prefill: the left-padded prompt length L (for one sample,
+            text + kept visual tokens).
+    """
+
+    tokens: torch.Tensor
+    texts: list[str]
+    inputs: LanguageInputs
+    prompt_cache_length: int
+
+
+def assemble_sequences(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    base_positions: torch.Tensor,
+    image_token_id: int,
+    images: Sequence[KeptImage],
+    positions: Positions,
+    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
+) -> LanguageInputs:
+    """Replace every image's N placeholder tokens by its kept tokens, and give every token its position.
+
+    Args:
+        input_ids, attention_mask: the processor's (B, L_full) prompt with N placeholders per image.
+        base_positions: (P, B, L_full) position ids of the unpruned prompt (LLaVA: 0.. over real tokens; Qwen:
+            the model's own M-RoPE index).
+        image_token_id: the placeholder id.
+        images: the kept tokens of every image, in the order images appear across the batch.
+        positions: ``original``: every token keeps its unpruned position (pruned columns are dropped; text after
+            an image keeps its offset). ``compact``: tokens are re-indexed 0..L-1 over the pruned sequence.
+        embed_tokens: the language model's input embedding.
+
+    Samples are re-padded on the left to the longest pruned sequence.
+    """
+    image_iter = iter(images)
+    rows: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    for sample in range(input_ids.shape[0]):
+        real = attention_mask[sample].bool()
+        ids = input_ids[sample, real]
+        sample_positions = base_positions[:, sample, real]
+        embeds = embed_tokens(ids)
+        placeholders = (ids == image_token_id).nonzero().flatten().tolist()
+        pieces: list[torch.Tensor] = []
+        piece_positions: list[torch.Tensor] = []
+        cursor = 0
+        visual = 0
+        while placeholders:
+            try:
+                image = next(image_iter)
+            except StopIteration:
+                raise ConfigError(
+                    f"sample {sample} has {len(placeholders)} more image placeholder tokens than the images given"
+                ) from None
+            start = placeholders[0]
+            span = placeholders[: image.num_tokens]
+            if len(span) != image.num_tokens or span[-1] - start + 1 != image.num_tokens:
+                raise ConfigError(
+                    f"sample {sample}: expected {image.num_tokens} consecutive placeholder tokens for an image at "
+                    f"position {start}, found {len(span)}; the prompt and the images do not match"
+                )
+            placeholders = placeholders[image.num_tokens :]
+            pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
+            piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
+            visual += image.embeddings.shape[0]
+            cursor = start + image.num_tokens
+        pieces.append(embeds[cursor:])
+        piece_positions.append(sample_positions[:, cursor:])
+        sequence = torch.cat(pieces)
+        sequence_positions = torch.cat(piece_positions, dim=1)
+        if positions == "compact":
+            sequence_positions = torch.arange(sequence.shape[0], device=sequence.device).expand_as(sequence_positions)
+        rows.append((sequence, sequence_positions, visual))
+    if next(image_iter, None) is not None:
+        raise ConfigError("more images were given than the prompts have placeholders for")
+    return _left_pad(rows, [image for image in images])
+
+
+def _left_pad(rows: list[tuple[torch.Tensor, torch.Tensor, int]], images: list[KeptImage]) -> LanguageInputs:
+    length = max(sequence.shape[0] for sequence, _, _ in rows)
+    batch = len(rows)
+    first_sequence, first_positions, _ = rows[0]
+    embeds = first_sequence.new_zeros((batch, length, first_sequence.shape[1]))
+    mask = torch.zeros((batch, length), dtype=torch.long, device=first_sequence.device)
+    position_ids = torch.ones((first_positions.shape[0], batch, length), dtype=torch.long, device=first_sequence.device)
+    for sample, (sequence, sequence_positions, _) in enumerate(rows):
+        pad = length - sequence.shape[0]
+        embeds[sample, pad:] = sequence
+        mask[sample, pad:] = 1
+        position_ids[:, sample, pad:] = sequence_positions
+    visual = torch.tensor([count for _, _, count in rows], device=first_sequence.device)
+    return LanguageInputs(embeds, mask, position_ids, visual, tuple(images))
+
+
+class TargetModel(ABC):
+    """An adapter for one LVLM family.
+
+    Constructor arguments are config-time values; :meth:`load` builds the model and processor. Subclasses name the
+    transformers classes and implement :meth:`prefill_inputs` (encode images, prune, assemble) and
+    :meth:`vision_layers`; the greedy decode loop, the tap and the loading are shared.
+
+    Args:
+        checkpoint: a hub id (``llava-hf/llava-1.5-7b-hf``), a local folder, or ``tiny:<name>`` for the seeded
+            random test fixtures.
+        dtype: ``float32``, ``float16`` or ``bfloat16``.
+        attn_implementation: the kernel of every layer (``sdpa``, ``eager``, ``flash_attention_2``); the tap keeps it.
+        device: where to load the model.
+    """
+
+    model_class: Any
+    processor_class: Any
+    #: Position modes this family supports (Qwen's M-RoPE only supports ``original``).
+    position_modes: tuple[str, ...] = ("compact", "original")
+
+    def __init__(
+        self, checkpoint: str, dtype: str = "float32", attn_implementation: str = "sdpa", device: str = "cpu"
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.dtype = torch_dtype(dtype)
+        self.attn_implementation = attn_implementation
+        self.device = device
+        self._model: Any = None
+        self._processor: Any = None
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def build_tiny(self, folder: Path) -> None:
+        """Save a seeded random tiny model and its processor into ``folder`` (test fixtures only)."""
+        raise ConfigError(f"{type(self).__name__} has no tiny fixture")
+
+    def load(self) -> TargetModel:
+        """Load model and processor (once)."""
+        if self._model is None:
+            path = resolve_checkpoint(self.checkpoint, self.build_tiny)
+            self._model = self.model_class.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=self.attn_implementation
+            ).to(self.device)
+            self._model.eval()
+            self._processor = self.load_processor(path)
+        return self
+
+    def load_processor(self, path: str) -> Any:
+        """The processor saved with the checkpoint; families override this for processor workarounds."""
+        return self.processor_class.from_pretrained(path)
+
+    @property
+    def model(self) -> Any:
+        """The transformers model (loads on first use)."""
+        return self.load()._model
+
+    @property
+    def processor(self) -> Any:
+        """The transformers processor (loads on first use)."""
+        return self.load()._processor
+
+    # -- family-specific -----------------------------------------------------------------------------------
+    @abstractmethod
+    def vision_layers(self) -> nn.ModuleList:
+        """The vision encoder's transformer layers, in order."""
+
+    @abstractmethod
+    def attention_of(self, layer: nn.Module) -> nn.Module:
+        """The attention module of one vision layer."""
+
+    @abstractmethod
+    def default_tap_layer(self) -> int:
+        """Index (0-based) of the vision layer whose attention significance comes from by default."""
+
+    @abstractmethod
+    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
+        """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
+
+    # -- shared --------------------------------------------------------------------------------------------
+    def check_positions(self, positions: str) -> None:
+        """Refuse a position mode this family cannot honour."""
+        if positions not in self.position_modes:
+            raise ConfigError(
+                f"{type(self).__name__} supports reorder.positions in {list(self.position_modes)}, got {positions!r}"
+            )
+
+    def tap_index(self, source: SignificanceSource) -> int:
+        """The vision layer to tap for ``source``: its ``layer`` (Python-style index), else the family default."""
+        count = len(self.vision_layers())
+        index = self.default_tap_layer() if source.layer is None else source.layer
+        if not -count <= index < count:
+            raise ConfigError(f"significance.layer={index} is outside the vision encoder's {count} layers")
+        return index % count
+
+    def tap(self, source: SignificanceSource, has_cls: bool) -> AbstractContextManager[VisionAttentionTap | None]:
+        """A tap on the layer ``source`` reads, or a no-op for sources that read no attention."""
+        if source.reduction is None:
+            return nullcontext()
+        layer = self.vision_layers()[self.tap_index(source)]
+        return VisionAttentionTap(self.attention_of(layer), source.reduction, has_cls)
+
+    def prepare(self, images: Sequence[Any], prompts: Sequence[str]) -> Mapping[str, torch.Tensor]:
+        """Run the processor on images and prompts (one ``<image>`` per image in the prompt), left-padded."""
+        batch = self.processor(images=list(images), text=list(prompts), padding=True, return_tensors="pt")
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    def language_forward(
+        self,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: DynamicCache,
+        inputs_embeds: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Language model forward on embeddings or ids with explicit positions; returns logits."""
+        positions = position_ids[0] if position_ids.shape[0] == 1 else position_ids
+        output = self.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return output.logits  # type: ignore[no-any-return]
+
+    def prefill_logits(self, inputs: LanguageInputs) -> torch.Tensor:
+        """(B, L, V) logits of the whole prompt."""
+        with torch.no_grad():
+            return self.language_forward(
+                inputs.position_ids, inputs.attention_mask, DynamicCache(), inputs_embeds=inputs.inputs_embeds
+            )
+
+    def generate(
+        self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline, max_new_tokens: int = 16
+    ) -> Generation:
+        """Greedy decoding after pruning; the KV cache holds only text and kept visual tokens."""
+        self.check_positions(pipeline.reorder.positions)
+        tokenizer = self.processor.tokenizer
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        with torch.no_grad():
+            inputs = self.prefill_inputs(batch, pipeline)
+            cache = DynamicCache()
+            logits = self.language_forward(
+                inputs.position_ids,
+                inputs.attention_mask,
+                cache,
+                inputs_embeds=inputs.inputs_embeds,
+                logits_to_keep=1,
+            )
+            prompt_cache_length = cache.get_seq_length()
+            token = logits[:, -1].argmax(dim=-1)
+            finished = token == eos
+            generated = [token]
+            mask = inputs.attention_mask
+            position = inputs.next_position
+            for _ in range(max_new_tokens - 1):
+                if bool(finished.all()):
+                    break
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                step_positions = position[None, :, None].expand(inputs.position_ids.shape[0], -1, 1)
+                logits = self.language_forward(step_positions, mask, cache, input_ids=token[:, None])
+                position = position + 1
+                token = logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
+                finished = finished | (token == eos)
+                generated.append(token)
+        tokens = torch.stack(generated, dim=1)
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return Generation(tokens, [text.strip() for text in texts], inputs, prompt_cache_length)
+
+
+def prune_images(
+    pipeline: PruningPipeline,
+    attention: AttentionSummary | None,
+    features: torch.Tensor,
+    layout: VisualLayout,
+    project: Callable[[torch.Tensor], torch.Tensor],
+) -> list[KeptImage]:
+    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image."""
+    pruned = pipeline.prune(attention, features, layout)
+    embeddings = project(pruned.selection.gather(features))
+    return [
+        KeptImage(embeddings[image], pruned.selection.indices[image], layout.num_tokens)
+        for image in range(features.shape[0])
+    ]

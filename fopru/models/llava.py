@@ -1,0 +1,107 @@
+"""LLaVA-1.5 (``llava-hf/llava-1.5-{7,13}b-hf``) and any ``LlavaForConditionalGeneration`` with a CLIP-style tower."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+from fopru.errors import ConfigError
+from fopru.layout import VisualLayout
+from fopru.models.base import LanguageInputs, TargetModel, assemble_sequences, prune_images
+from fopru.models.tiny.llava import build_tiny_llava
+from fopru.pipeline import PruningPipeline
+
+
+def encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a CLIP or SigLIP vision model, whichever way transformers nests them."""
+    for path in ("encoder.layers", "vision_model.encoder.layers"):
+        module: nn.Module | None = vision_tower
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ConfigError(f"cannot find the encoder layers of {type(vision_tower).__name__}")
+
+
+class LlavaAdapter(TargetModel):
+    """LLaVA-1.5: CLIP ViT-L/14-336 (24 x 24 patches + [CLS]), a 2-layer MLP projector, a Llama/Vicuna LLM.
+
+    - Significance: the attention of the vision layer that produces the features the LLM sees
+      (``vision_feature_layer = -2``, i.e. ``layers[-2]``, layer 23 of 24), [CLS] present. ``tap_layer`` or the
+      significance source's ``layer`` choose another one (0-based, negative from the end).
+    - Pruning happens on the vision features *before* the projector (it is per token, so selection commutes with it
+      and only k tokens are projected). Merging strategies (pool) average vision features before the projector.
+    - The prompt's N ``<image>`` placeholders of an image are replaced by its k kept tokens; the KV cache holds
+      text + k.
+    - Positions (1-D RoPE): ``compact`` (default) numbers the pruned sequence 0..L-1, as if the image had k
+      tokens; ``original`` gives each kept token its unpruned offset and text after the image keeps its unpruned
+      positions (a gap where pruned tokens were).
+    Only ``vision_feature_select_strategy="default"`` (drop [CLS]) with one feature layer is supported.
+    """
+
+    model_class = LlavaForConditionalGeneration
+    processor_class = LlavaProcessor
+
+    def __init__(
+        self,
+        checkpoint: str,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        device: str = "cpu",
+        tap_layer: int | None = None,
+    ) -> None:
+        super().__init__(checkpoint, dtype, attn_implementation, device)
+        self.tap_layer = tap_layer
+
+    def build_tiny(self, folder: Path) -> None:
+        build_tiny_llava(folder)
+
+    def vision_layers(self) -> nn.ModuleList:
+        return encoder_layers(self.model.model.vision_tower)
+
+    def attention_of(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn  # type: ignore[no-any-return]
+
+    def default_tap_layer(self) -> int:
+        if self.tap_layer is not None:
+            return self.tap_layer
+        feature_layer = self.model.config.vision_feature_layer
+        # hidden_states[f] is the output of layers[f] for f < 0, of layers[f - 1] for f >= 1.
+        return int(feature_layer) if feature_layer < 0 else int(feature_layer) - 1
+
+    def grid(self) -> tuple[int, int]:
+        """Patch rows x cols of one image."""
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        return side, side
+
+    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
+        config = self.model.config
+        if config.vision_feature_select_strategy != "default" or not isinstance(config.vision_feature_layer, int):
+            raise ConfigError(
+                "LlavaAdapter supports vision_feature_select_strategy='default' with one vision_feature_layer, got "
+                f"{config.vision_feature_select_strategy!r} / {config.vision_feature_layer!r}"
+            )
+        self.check_positions(pipeline.reorder.positions)
+        pixel_values = batch["pixel_values"].to(self.device, self.dtype)
+        with self.tap(pipeline.significance, has_cls=True) as tap:
+            hidden_states = self.model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        features = hidden_states[config.vision_feature_layer][:, 1:]
+        layout = VisualLayout.from_grid(self.grid(), has_cls=True)
+        attention = tap.summary() if tap is not None else None
+        images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
+        attention_mask = batch["attention_mask"]
+        base_positions = (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
+        return assemble_sequences(
+            batch["input_ids"],
+            attention_mask,
+            base_positions,
+            config.image_token_id,
+            images,
+            pipeline.reorder.positions,
+            self.model.get_input_embeddings(),
+        )

@@ -1,0 +1,69 @@
+"""Loading a model and its processor: hub checkpoints, local folders, and the tiny test fixtures.
+
+A hub checkpoint that cannot be reached fails within seconds with a message naming it, instead of retrying for
+minutes: before calling ``from_pretrained`` the loader checks the local cache and, if the files are not there,
+probes the hub once with a short timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
+
+from fopru.errors import ConfigError
+
+TINY_PREFIX = "tiny:"
+TINY_CACHE = Path(os.environ.get("FOPRU_CACHE", Path.home() / ".cache" / "fopru")) / "tiny"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named in a config, or a clear error."""
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} is not one of {list(DTYPES)}")
+    return DTYPES[name]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | None = None) -> str:
+    """A path or hub id that ``from_pretrained`` can open now, or a :class:`ConfigError` saying why not.
+
+    ``tiny:<name>`` checkpoints are built once by ``build_tiny(folder)`` (seeded random weights) and saved, so tests
+    load them through the same ``from_pretrained`` path as real checkpoints.
+    """
+    if checkpoint.startswith(TINY_PREFIX):
+        if build_tiny is None:
+            raise ConfigError(f"{checkpoint!r}: this model family has no tiny fixture")
+        folder = TINY_CACHE / checkpoint.removeprefix(TINY_PREFIX)
+        if not (folder / "config.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            build_tiny(folder)
+        return str(folder)
+    if Path(checkpoint).is_dir():
+        return checkpoint
+    if isinstance(try_to_load_from_cache(checkpoint, "config.json"), str):
+        return checkpoint  # cached: from_pretrained opens it without the network
+    offline = constants.HF_HUB_OFFLINE
+    if offline or not _hub_reachable():
+        reason = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} could not be reached"
+        raise ConfigError(
+            f"checkpoint {checkpoint!r} could not be reached: it is not in the local Hugging Face cache and {reason}. "
+            "Download it on a machine with internet (huggingface-cli download "
+            f"{checkpoint}) and copy the cache, or point the model config's checkpoint at a local folder."
+        )
+    return checkpoint

@@ -1,0 +1,69 @@
+"""Tiny LLaVA-1.5: CLIP vision (6 x 6 patches + [CLS]), MLP projector, a 2-layer Llama with GQA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from fopru.models.tiny.tokenizer import word_tokenizer
+
+IMAGE_SIZE, PATCH_SIZE = 48, 8
+
+
+def build_tiny_llava(folder: Path) -> None:
+    """Save a seeded random tiny LLaVA and its processor into ``folder``."""
+    tokenizer = word_tokenizer(["<image>"])
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    for parameter in model.parameters():  # wider random weights so that greedy outputs depend on the image
+        parameter.data.mul_(4.0)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)

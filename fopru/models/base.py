@@ -295,7 +295,8 @@ class TargetModel(ABC):
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return output.logits  # type: ignore[no-any-return]
+        logits: torch.Tensor = output.logits
+        return logits
 
     def prefill_logits(self, inputs: LanguageInputs) -> torch.Tensor:
         """(B, L, V) logits of the whole prompt."""

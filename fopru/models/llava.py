@@ -64,7 +64,8 @@ class LlavaAdapter(TargetModel):
         return encoder_layers(self.model.model.vision_tower)
 
     def attention_of(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn  # type: ignore[no-any-return]
+        attention: nn.Module = layer.self_attn
+        return attention
 
     def default_tap_layer(self) -> int:
         if self.tap_layer is not None:

@@ -46,7 +46,7 @@ def build_tiny_llava(folder: Path) -> None:
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=image_token_id,
+        image_token_index=image_token_id,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )

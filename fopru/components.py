@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fopru.errors import ConfigError
+from fopru.models.base import TargetModel
 from fopru.reorder.base import ReorderPolicy
 from fopru.significance.base import SignificanceSource
 from fopru.strategies.base import PruningStrategy
@@ -24,6 +25,7 @@ BASES: dict[str, type] = {
     "significance": SignificanceSource,
     "strategy": PruningStrategy,
     "reorder": ReorderPolicy,
+    "model": TargetModel,
 }
 
 T = TypeVar("T")

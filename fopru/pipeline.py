@@ -21,7 +21,6 @@ class PrunedTokens:
 
     selection: Selection
     significance: torch.Tensor
-    position_offsets: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -48,4 +47,4 @@ class PruningPipeline:
         """Score, select and reorder the (B, N, D) visual features of a batch laid out as ``layout``."""
         significance = self.significance.score(attention, features, layout)
         selection = self.reorder.apply(self.strategy.select(significance, layout, self.budget), significance)
-        return PrunedTokens(selection, significance, self.reorder.position_offsets(selection.indices))
+        return PrunedTokens(selection, significance)

@@ -81,3 +81,16 @@ def test_unknown_names_list_the_valid_choices(tmp_path: Path, group: str) -> Non
     assert f"Could not find '{group}/nonexistent'" in result.stderr
     assert f"Available options in '{group}'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_checkpoint_fails_fast_from_the_command_line(tmp_path: Path) -> None:
+    result = train_eval("model=llava15_7b", "model.device=cpu", "stage=load", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "checkpoint 'llava-hf/llava-1.5-7b-hf' could not be reached" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stage_load_loads_the_tiny_model(tmp_path: Path) -> None:
+    result = train_eval("stage=load", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "loaded tiny:llava (LlavaForConditionalGeneration" in result.stdout + result.stderr

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,10 +23,12 @@ from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.loading import resolve_checkpoint, torch_dtype
 from fopru.models.tap import VisionAttentionTap
-from fopru.pipeline import PruningPipeline
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
+
+if TYPE_CHECKING:
+    from fopru.pipeline import PruningPipeline
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def assemble_sequences(
         images: the kept tokens of every image, in the order images appear across the batch.
         positions: ``original``: every token keeps its unpruned position (pruned columns are dropped; text after
             an image keeps its offset). ``compact``: tokens are re-indexed 0..L-1 over the pruned sequence.
+            Adapters resolve ``auto`` first (:meth:`TargetModel.resolve_positions`).
         embed_tokens: the language model's input embedding.
 
     Samples are re-padded on the left to the longest pruned sequence.
@@ -249,11 +252,19 @@ class TargetModel(ABC):
 
     # -- shared --------------------------------------------------------------------------------------------
     def check_positions(self, positions: str) -> None:
-        """Refuse a position mode this family cannot honour."""
+        """Refuse a position mode this family cannot honour (``auto`` is always fine)."""
+        self.resolve_positions(positions)
+
+    def resolve_positions(self, positions: str) -> Positions:
+        """The position mode to use: ``auto`` becomes the family's natural mode (the first of ``position_modes``)."""
+        if positions == "auto":
+            positions = self.position_modes[0]
         if positions not in self.position_modes:
             raise ConfigError(
-                f"{type(self).__name__} supports reorder.positions in {list(self.position_modes)}, got {positions!r}"
+                f"{type(self).__name__} supports reorder.positions in {['auto', *self.position_modes]}, "
+                f"got {positions!r}"
             )
+        return positions  # type: ignore[return-value]
 
     def tap_index(self, source: SignificanceSource) -> int:
         """The vision layer to tap for ``source``: its ``layer`` (Python-style index), else the family default."""

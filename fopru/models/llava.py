@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,7 +14,9 @@ from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.base import LanguageInputs, TargetModel, assemble_sequences, prune_images
 from fopru.models.tiny.llava import build_tiny_llava
-from fopru.pipeline import PruningPipeline
+
+if TYPE_CHECKING:
+    from fopru.pipeline import PruningPipeline
 
 
 def encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
@@ -37,9 +40,9 @@ class LlavaAdapter(TargetModel):
       and only k tokens are projected). Merging strategies (pool) average vision features before the projector.
     - The prompt's N ``<image>`` placeholders of an image are replaced by its k kept tokens; the KV cache holds
       text + k.
-    - Positions (1-D RoPE): ``compact`` (default) numbers the pruned sequence 0..L-1, as if the image had k
-      tokens; ``original`` gives each kept token its unpruned offset and text after the image keeps its unpruned
-      positions (a gap where pruned tokens were).
+    - Positions (1-D RoPE): ``compact`` (``auto`` resolves to it) numbers the pruned sequence 0..L-1, as if the
+      image had k tokens; ``original`` gives each kept token its unpruned offset and text after the image keeps
+      its unpruned positions (a gap where pruned tokens were).
     Only ``vision_feature_select_strategy="default"`` (drop [CLS]) with one feature layer is supported.
     """
 
@@ -64,7 +67,7 @@ class LlavaAdapter(TargetModel):
         return encoder_layers(self.model.model.vision_tower)
 
     def attention_of(self, layer: nn.Module) -> nn.Module:
-        attention: nn.Module = layer.self_attn
+        attention = layer.get_submodule("self_attn")
         return attention
 
     def default_tap_layer(self) -> int:
@@ -87,7 +90,7 @@ class LlavaAdapter(TargetModel):
                 "LlavaAdapter supports vision_feature_select_strategy='default' with one vision_feature_layer, got "
                 f"{config.vision_feature_select_strategy!r} / {config.vision_feature_layer!r}"
             )
-        self.check_positions(pipeline.reorder.positions)
+        positions = self.resolve_positions(pipeline.reorder.positions)
         pixel_values = batch["pixel_values"].to(self.device, self.dtype)
         with self.tap(pipeline.significance, has_cls=True) as tap:
             hidden_states = self.model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
@@ -103,6 +106,6 @@ class LlavaAdapter(TargetModel):
             base_positions,
             config.image_token_id,
             images,
-            pipeline.reorder.positions,
+            positions,
             self.model.get_input_embeddings(),
         )

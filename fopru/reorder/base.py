@@ -10,8 +10,8 @@ import torch
 from fopru.errors import ConfigError
 from fopru.strategies.base import Selection
 
-Positions = Literal["compact", "original"]
-POSITIONS: tuple[str, ...] = ("compact", "original")
+Positions = Literal["auto", "compact", "original"]
+POSITIONS: tuple[str, ...] = ("auto", "compact", "original")
 
 
 class ReorderPolicy(ABC):
@@ -23,10 +23,11 @@ class ReorderPolicy(ABC):
 
     ``positions`` is honoured by the adapters: ``compact`` re-indexes the k kept tokens 0..k-1 after the text
     before them (LLaVA's natural behaviour, default for 1-D RoPE models); ``original`` keeps each token's offset
-    within the unpruned image (the only correct choice for Qwen2-VL's M-RoPE).
+    within the unpruned image (the only correct choice for Qwen2-VL's M-RoPE); ``auto`` (default) lets the adapter
+    pick its family's natural mode (compact for LLaVA, original for Qwen).
     """
 
-    def __init__(self, positions: Positions = "compact") -> None:
+    def __init__(self, positions: Positions = "auto") -> None:
         if positions not in POSITIONS:
             raise ConfigError(f"positions={positions!r} is not one of {list(POSITIONS)}")
         self.positions = positions
@@ -42,9 +43,3 @@ class ReorderPolicy(ABC):
         if weights is not None:
             weights = weights.gather(1, order[:, :, None].expand(-1, -1, weights.shape[2]))
         return Selection(selection.indices.gather(1, order), weights)
-
-    def position_offsets(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, k) offsets of the kept tokens from the start of the image, per ``positions``."""
-        if self.positions == "original":
-            return indices
-        return torch.arange(indices.shape[1], device=indices.device).expand_as(indices)

@@ -56,9 +56,7 @@ def test_merge_weights_follow_their_tokens() -> None:
     assert torch.equal(restored.weights, selection.weights)  # type: ignore[arg-type]
 
 
-def test_position_offsets() -> None:
-    indices = torch.tensor([[3, 7, 20]])
-    assert OriginalOrder().position_offsets(indices).tolist() == [[0, 1, 2]]
-    assert OriginalOrder(positions="original").position_offsets(indices).tolist() == [[3, 7, 20]]
-    with pytest.raises(ConfigError, match=r"compact.*original"):
+def test_position_modes_are_validated() -> None:
+    assert OriginalOrder().positions == "auto"
+    with pytest.raises(ConfigError, match=r"auto.*compact.*original"):
         OriginalOrder(positions="absolute")  # type: ignore[arg-type]

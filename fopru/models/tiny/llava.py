@@ -22,7 +22,7 @@ IMAGE_SIZE, PATCH_SIZE = 48, 8
 def build_tiny_llava(folder: Path) -> None:
     """Save a seeded random tiny LLaVA and its processor into ``folder``."""
     tokenizer = word_tokenizer(["<image>"])
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,

@@ -1,5 +1,6 @@
 """Efficiency accounting: analytic FLOPs per component, in the convention of torch's FlopCounterMode."""
 
+from fopru.efficiency.counter import counted_flops
 from fopru.efficiency.flops import (
     FlopsBreakdown,
     decode_flops,
@@ -12,6 +13,7 @@ from fopru.efficiency.flops import (
 
 __all__ = [
     "FlopsBreakdown",
+    "counted_flops",
     "decode_flops",
     "llava_flops",
     "prefill_flops",

@@ -49,6 +49,8 @@ class FlopsBreakdown:
         prefill: the language model on the whole prompt, visual tokens kept plus text tokens.
         decode_per_token: the first decode step, one token attending to the prompt and itself.
         decode_growth: what every further decode step adds, because the KV cache holds one more key.
+        pruning: choosing and building the kept tokens: the tap's extra query-key product on the tapped vision
+            layer (0 for sources that read no attention) plus, for merging strategies, the merge product.
     """
 
     vision: float
@@ -56,6 +58,7 @@ class FlopsBreakdown:
     prefill: float
     decode_per_token: float
     decode_growth: float = 0.0
+    pruning: float = 0.0
 
     def total(self, new_tokens: int = 1) -> float:
         """FLOPs to generate ``new_tokens`` tokens: the first comes from the prefill logits, each later one from a
@@ -64,7 +67,7 @@ class FlopsBreakdown:
             raise ConfigError(f"new_tokens must be >= 1, got new_tokens={new_tokens}")
         steps = new_tokens - 1
         decode = steps * self.decode_per_token + self.decode_growth * (steps * (steps - 1) / 2)
-        return self.vision + self.projector + self.prefill + decode
+        return self.vision + self.pruning + self.projector + self.prefill + decode
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from fopru.efficiency.flops import FlopsBreakdown
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.loading import resolve_checkpoint, torch_dtype
@@ -57,6 +58,7 @@ class LanguageInputs:
         position_ids: (P, B, L) int64; P = 1 for 1-D RoPE, 3 for M-RoPE (t, h, w).
         visual_tokens: (B,) int64, visual tokens per sample that reach the language model.
         images: every image's kept tokens, in batch order.
+        images_per_sample: how many of ``images`` belong to each sample, in order.
     """
 
     inputs_embeds: torch.Tensor
@@ -64,6 +66,17 @@ class LanguageInputs:
     position_ids: torch.Tensor
     visual_tokens: torch.Tensor
     images: tuple[KeptImage, ...]
+    images_per_sample: tuple[int, ...]
+
+    @property
+    def text_tokens(self) -> torch.Tensor:
+        """(B,) int64, prompt tokens per sample that are not visual."""
+        return self.attention_mask.sum(dim=1) - self.visual_tokens
+
+    def sample_images(self, sample: int) -> tuple[KeptImage, ...]:
+        """The kept tokens of every image of one sample."""
+        start = sum(self.images_per_sample[:sample])
+        return self.images[start : start + self.images_per_sample[sample]]
 
     @property
     def next_position(self) -> torch.Tensor:
@@ -116,6 +129,7 @@ def assemble_sequences(
     """
     image_iter = iter(images)
     rows: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    images_per_sample: list[int] = []
     for sample in range(input_ids.shape[0]):
         real = attention_mask[sample].bool()
         ids = input_ids[sample, real]
@@ -126,6 +140,7 @@ def assemble_sequences(
         piece_positions: list[torch.Tensor] = []
         cursor = 0
         visual = 0
+        images_per_sample.append(0)
         while placeholders:
             try:
                 image = next(image_iter)
@@ -141,6 +156,7 @@ def assemble_sequences(
                     f"position {start}, found {len(span)}; the prompt and the images do not match"
                 )
             placeholders = placeholders[image.num_tokens :]
+            images_per_sample[-1] += 1
             pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
             piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
             visual += image.embeddings.shape[0]
@@ -154,10 +170,14 @@ def assemble_sequences(
         rows.append((sequence, sequence_positions, visual))
     if next(image_iter, None) is not None:
         raise ConfigError("more images were given than the prompts have placeholders for")
-    return _left_pad(rows, [image for image in images])
+    return _left_pad(rows, tuple(images), tuple(images_per_sample))
 
 
-def _left_pad(rows: list[tuple[torch.Tensor, torch.Tensor, int]], images: list[KeptImage]) -> LanguageInputs:
+def _left_pad(
+    rows: list[tuple[torch.Tensor, torch.Tensor, int]],
+    images: tuple[KeptImage, ...],
+    images_per_sample: tuple[int, ...],
+) -> LanguageInputs:
     length = max(sequence.shape[0] for sequence, _, _ in rows)
     batch = len(rows)
     first_sequence, first_positions, _ = rows[0]
@@ -170,7 +190,7 @@ def _left_pad(rows: list[tuple[torch.Tensor, torch.Tensor, int]], images: list[K
         mask[sample, pad:] = 1
         position_ids[:, sample, pad:] = sequence_positions
     visual = torch.tensor([count for _, _, count in rows], device=first_sequence.device)
-    return LanguageInputs(embeds, mask, position_ids, visual, tuple(images))
+    return LanguageInputs(embeds, mask, position_ids, visual, images, images_per_sample)
 
 
 class TargetModel(ABC):
@@ -249,6 +269,13 @@ class TargetModel(ABC):
     @abstractmethod
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
+
+    def flops(self, inputs: LanguageInputs, pipeline: PruningPipeline) -> list[FlopsBreakdown]:
+        """Analytic FLOPs of each sample of a prefilled batch, from the token counts that actually reached the LLM.
+
+        Families implement it with :mod:`fopru.efficiency`; the default says which family lacks it.
+        """
+        raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
 
     # -- shared --------------------------------------------------------------------------------------------
     def check_positions(self, positions: str) -> None:

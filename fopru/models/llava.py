@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.base import LanguageInputs, TargetModel, assemble_sequences, prune_images
@@ -109,3 +111,21 @@ class LlavaAdapter(TargetModel):
             positions,
             self.model.get_input_embeddings(),
         )
+
+    def flops(self, inputs: LanguageInputs, pipeline: PruningPipeline) -> list[FlopsBreakdown]:
+        """Per sample: vision tower on its images, tap and merge cost, projector and LLM on the kept tokens."""
+        config = self.model.config
+        vision = config.vision_config
+        rows, cols = self.grid()
+        patches, width = rows * cols, vision.hidden_size
+        # The tap multiplies the tapped layer's queries by its keys: (N + 1)^2 pairs of width d per image.
+        tap = 2 * (patches + 1) ** 2 * width if pipeline.significance.reduction is not None else 0
+        breakdowns = []
+        for sample, visual in enumerate(inputs.visual_tokens.tolist()):
+            images = inputs.images_per_sample[sample]
+            merge = 2 * visual * patches * width if pipeline.strategy.merges else 0
+            base = llava_flops(
+                config, int(visual), int(inputs.text_tokens[sample]), images=images, projector_tokens=int(visual)
+            )
+            breakdowns.append(replace(base, pruning=float(images * tap + merge)))
+        return breakdowns

@@ -51,9 +51,13 @@ class PruningStrategy(ABC):
 
     It returns indices in [0, n), distinct within a sample, int64, the same count for every sample; ties in
     significance break toward the lower index so results are deterministic. No Python loops over tokens.
+
+    Capabilities: ``needs_grid`` (refuses grid-free layouts), ``merges`` (returns ``weights``: output tokens are
+    weighted averages, which costs a (k x N) @ (N x D) product per image).
     """
 
     needs_grid: bool = False
+    merges: bool = False
 
     def select(self, significance: torch.Tensor, layout: VisualLayout, budget: Budget) -> Selection:
         """Select tokens for a batch laid out as ``layout``."""

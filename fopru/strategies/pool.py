@@ -16,6 +16,8 @@ class PoolStrategy(PruningStrategy):
     Without a grid, the sequence is pooled in 1-D.
     """
 
+    merges = True
+
     def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
         batch, size = significance.shape
         count = budget.count(size, num_tokens)

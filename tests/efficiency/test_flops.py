@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
+from torch.utils.flop_counter import flop_registry
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -30,6 +30,7 @@ from transformers import (
 
 from fopru.efficiency import (
     FlopsBreakdown,
+    counted_flops,
     decode_flops,
     llava_flops,
     prefill_flops,
@@ -72,29 +73,10 @@ QWEN2_5_VL_VISION = dict(
     fullatt_block_indexes=[1],
 )
 QWEN_TOKENS = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253)
-CPU_SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-
-
-def _cpu_sdpa_flops(
-    query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args: object, **kwargs: object
-) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def counted(run: Callable[[], object]) -> int:
-    """FLOPs FlopCounterMode counts for ``run()``.
-
-    torch 2.13 has no formula for the CPU SDPA kernel and counts it as 0 (pytorch/pytorch#195460); it is given the
-    formula of the CUDA kernels, so CPU counts are what the counter reports on a GPU.
-    """
-    mapping = {} if CPU_SDPA in flop_registry else {CPU_SDPA: _cpu_sdpa_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        run()
-    return counter.get_total_flops()
 
 
 def assert_agrees(analytic: float, run: Callable[[], object]) -> None:
-    measured = counted(run)
+    measured = counted_flops(run)
     assert analytic == pytest.approx(measured, rel=TOLERANCE), f"analytic {analytic} vs counted {measured}"
 
 
@@ -120,7 +102,7 @@ def test_counter_counts_causal_attention_over_the_full_square() -> None:
         scores = (query @ query.transpose(-1, -2)).masked_fill(~causal, float("-inf"))
         return scores.softmax(-1) @ query
 
-    assert counted(eager) == full
+    assert counted_flops(eager) == full
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

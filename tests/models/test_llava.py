@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 
 import fopru
 from fopru.components import CONFIG_DIR, choices
+from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
+from fopru.models.base import Generation
 from fopru.models.llava import LlavaAdapter
 from tests.models.conftest import make_image, make_pipeline
 
@@ -144,3 +146,19 @@ def test_an_unreachable_checkpoint_fails_fast_with_its_name(name: str) -> None:
     with pytest.raises(ConfigError, match=f"checkpoint '{config.checkpoint}' could not be reached"):
         instantiate(config).load()
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("strategy", "significance", "new_tokens"),
+    [("none", "focal", 1), ("rank", "focal", 1), ("row", "cls", 3), ("pool", "norm", 2), ("uniform", "uniform", 1)],
+)
+def test_analytic_flops_equal_a_counted_pruned_generation(
+    adapter: LlavaAdapter, strategy: str, significance: str, new_tokens: int
+) -> None:
+    batch = batch_of(adapter, [0])
+    pipeline = make_pipeline(strategy, keep=0.25, significance=significance)
+    generations: list[Generation] = []
+    counted = counted_flops(lambda: generations.append(adapter.generate(batch, pipeline, max_new_tokens=new_tokens)))
+    generation = generations[0]
+    [breakdown] = adapter.flops(generation.inputs, pipeline)
+    assert breakdown.total(generation.tokens.shape[1]) == counted

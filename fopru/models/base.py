@@ -270,7 +270,9 @@ class TargetModel(ABC):
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
 
-    def flops(self, inputs: LanguageInputs, pipeline: PruningPipeline) -> list[FlopsBreakdown]:
+    def flops(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
+    ) -> list[FlopsBreakdown]:
         """Analytic FLOPs of each sample of a prefilled batch, from the token counts that actually reached the LLM.
 
         Families implement it with :mod:`fopru.efficiency`; the default says which family lacks it.

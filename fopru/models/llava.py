@@ -112,7 +112,9 @@ class LlavaAdapter(TargetModel):
             self.model.get_input_embeddings(),
         )
 
-    def flops(self, inputs: LanguageInputs, pipeline: PruningPipeline) -> list[FlopsBreakdown]:
+    def flops(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
+    ) -> list[FlopsBreakdown]:
         """Per sample: vision tower on its images, tap and merge cost, projector and LLM on the kept tokens."""
         config = self.model.config
         vision = config.vision_config

@@ -160,5 +160,5 @@ def test_analytic_flops_equal_a_counted_pruned_generation(
     generations: list[Generation] = []
     counted = counted_flops(lambda: generations.append(adapter.generate(batch, pipeline, max_new_tokens=new_tokens)))
     generation = generations[0]
-    [breakdown] = adapter.flops(generation.inputs, pipeline)
+    [breakdown] = adapter.flops(batch, generation.inputs, pipeline)
     assert breakdown.total(generation.tokens.shape[1]) == counted

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,8 +14,10 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import LanguageInputs, TargetModel, assemble_sequences, prune_images
+from fopru.models.base import KeptImage, LanguageInputs, TargetModel, assemble_sequences, prune_images
 from fopru.models.tiny.llava import build_tiny_llava
+from fopru.reorder.base import Positions
+from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline
@@ -48,8 +50,8 @@ class LlavaAdapter(TargetModel):
     Only ``vision_feature_select_strategy="default"`` (drop [CLS]) with one feature layer is supported.
     """
 
-    model_class = LlavaForConditionalGeneration
-    processor_class = LlavaProcessor
+    model_class: Any = LlavaForConditionalGeneration
+    processor_class: Any = LlavaProcessor
 
     def __init__(
         self,
@@ -85,32 +87,48 @@ class LlavaAdapter(TargetModel):
         side = vision.image_size // vision.patch_size
         return side, side
 
-    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
+    def check_features(self) -> None:
+        """Refuse feature settings the adapter does not handle: [CLS] kept, or several feature layers."""
         config = self.model.config
         if config.vision_feature_select_strategy != "default" or not isinstance(config.vision_feature_layer, int):
             raise ConfigError(
-                "LlavaAdapter supports vision_feature_select_strategy='default' with one vision_feature_layer, got "
-                f"{config.vision_feature_select_strategy!r} / {config.vision_feature_layer!r}"
+                f"{type(self).__name__} supports vision_feature_select_strategy='default' with one "
+                f"vision_feature_layer, got {config.vision_feature_select_strategy!r} / "
+                f"{config.vision_feature_layer!r}"
             )
-        positions = self.resolve_positions(pipeline.reorder.positions)
-        pixel_values = batch["pixel_values"].to(self.device, self.dtype)
+
+    def encode(
+        self, pixel_values: torch.Tensor, pipeline: PruningPipeline
+    ) -> tuple[torch.Tensor, AttentionSummary | None]:
+        """(C, n, D_vision) patch features of the layer the projector reads ([CLS] dropped) and the tap's summary."""
+        self.check_features()
         with self.tap(pipeline.significance, has_cls=True) as tap:
-            hidden_states = self.model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-        features = hidden_states[config.vision_feature_layer][:, 1:]
-        layout = VisualLayout.from_grid(self.grid(), has_cls=True)
-        attention = tap.summary() if tap is not None else None
-        images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
+            vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
+        features = vision.hidden_states[self.model.config.vision_feature_layer][:, 1:]
+        return features, tap.summary() if tap is not None else None
+
+    def assemble(
+        self, batch: Mapping[str, torch.Tensor], images: Sequence[KeptImage], positions: Positions
+    ) -> LanguageInputs:
+        """The processor's prompts with every image's placeholders replaced by its kept tokens."""
         attention_mask = batch["attention_mask"]
         base_positions = (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
         return assemble_sequences(
             batch["input_ids"],
             attention_mask,
             base_positions,
-            config.image_token_id,
+            self.model.config.image_token_id,
             images,
             positions,
             self.model.get_input_embeddings(),
         )
+
+    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
+        positions = self.resolve_positions(pipeline.reorder.positions)
+        features, attention = self.encode(batch["pixel_values"], pipeline)
+        layout = VisualLayout.from_grid(self.grid(), has_cls=True)
+        images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
+        return self.assemble(batch, images, positions)
 
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline

@@ -1,0 +1,221 @@
+"""LLaVA-NeXT / LLaVA-1.6 (``llava-hf/llava-v1.6-{vicuna,mistral}-7b-hf``): AnyRes tiling, unpadding, image newlines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from fopru.efficiency.flops import FlopsBreakdown, llava_flops
+from fopru.errors import ConfigError
+from fopru.layout import VisualLayout
+from fopru.models.base import KeptImage, LanguageInputs, prune_images
+from fopru.models.llava import LlavaAdapter
+from fopru.models.tiny.llava_next import build_tiny_llava_next
+from fopru.significance.attention import AttentionSummary
+
+if TYPE_CHECKING:
+    from fopru.efficiency.flops import FlopsBreakdown
+    from fopru.pipeline import PruningPipeline
+
+
+@dataclass(frozen=True)
+class AnyresPacking:
+    """Where one image's grid tokens and newlines sit in the sequence the language model sees.
+
+    The model packs an image as: the base image's ``base`` grid in raster order, then the tiles arranged into
+    one large grid, unpadded to the image's aspect ratio (``grid`` = rows x cols after unpadding), each of its rows
+    followed by one image-newline token. The N = base rows * base cols + rows * cols grid tokens are the
+    candidates for pruning, in that order (the :class:`VisualLayout` order); newlines are not candidates.
+
+    Attributes:
+        base: (rows, cols) of the base image's patch grid.
+        grid: (rows, cols) of the unpadded tile grid.
+        positions: (N,) int64 position of each grid token in the packed sequence.
+        sources: (N,) int64 index of each grid token among the image's crops' patches, crop-major
+            (``crop * patches_per_crop + patch``); crop 0 is the base image.
+        newlines: (rows,) int64 position of each tile-grid row's newline in the packed sequence.
+        length: the packed length (grid tokens + newlines): the image's placeholder count in the prompt.
+    """
+
+    base: tuple[int, int]
+    grid: tuple[int, int]
+    positions: torch.Tensor
+    sources: torch.Tensor
+    newlines: torch.Tensor
+    length: int
+
+    def layout(self) -> VisualLayout:
+        """Two grids, base then unpadded tiles, so the budget is split between them."""
+        rows, cols = self.grid
+        base_tokens = self.base[0] * self.base[1]
+        return VisualLayout(num_tokens=base_tokens + rows * cols, grids=(self.base, self.grid), has_cls=True)
+
+    def add_newlines(self, kept: KeptImage, newline: torch.Tensor) -> KeptImage:
+        """``kept`` (indices into the layout's N tokens) re-indexed into the packed sequence, with newlines.
+
+        A tile-grid row's newline is kept iff the row keeps at least one token (a merged token counts for the
+        row of its representative); it follows the row's last kept token in sequence order, so with raster
+        order the result is a subsequence of the packed sequence.
+        """
+        base_tokens = self.base[0] * self.base[1]
+        order = torch.arange(kept.indices.shape[0], device=kept.indices.device)
+        in_grid = kept.indices >= base_tokens
+        rows = (kept.indices[in_grid] - base_tokens) // self.grid[1]
+        last = torch.full((self.grid[0],), -1, dtype=torch.long, device=order.device)
+        last = last.scatter_reduce(0, rows, order[in_grid], reduce="amax")
+        kept_rows = (last >= 0).nonzero().flatten()
+        keys = torch.cat([2 * order, 2 * last[kept_rows] + 1]).argsort()
+        indices = torch.cat([self.positions.to(order.device)[kept.indices], self.newlines.to(order.device)[kept_rows]])
+        newlines = newline.to(kept.embeddings)[None].expand(kept_rows.shape[0], -1)
+        embeddings = torch.cat([kept.embeddings, newlines])
+        return KeptImage(embeddings[keys], indices[keys], self.length)
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT (AnyRes): a base image plus tiles, each a CLIP crop (24 x 24 patches + [CLS] for ViT-L/14-336).
+
+    - Significance: the tapped vision layer (the one producing ``vision_feature_layer``'s features, [CLS] present,
+      as for LLaVA-1.5) runs on all crops of all images at once; each crop's scores come from its own attention.
+      Sources that decide per image (focal's variance rule) decide once over the image's base and tile tokens.
+    - What the LLM sees per image, as the model packs it: the base grid in raster order, then the tiles arranged
+      into one large grid, unpadded to the image's aspect ratio, with an image-newline token after every row.
+      The adapter asks the model's own ``pack_image_features`` (``get_anyres_image_grid_shape``, ``unpad_image``)
+      to pack a map of crop-patch indices, so significance, features and positions follow exactly the
+      arrangement of the features and every token the LLM would see has a score.
+    - Unpadding happens *before* pruning: the patches of the padding bands that unpadding removes never reach
+      the LLM, so they are not candidates and do not count in the budget (they still act as keys and queries inside
+      the vision encoder, so they shape the other patches' attention).
+    - Budget: a two-grid :class:`VisualLayout` per image, the base grid and the unpadded tile grid, each getting
+      its share: rank keeps ``max(1, floor(keep * n))`` of each grid's n tokens, row ``max(1, floor(keep * rows))``
+      whole rows of each. The tiles are pruned as the one unpadded grid (not tile by tile), so the row strategy's
+      rows are the LLM's newline rows. An absolute ``keep_tokens`` is a fraction of the image's grid tokens.
+    - Newlines: the newline of a tile-grid row is kept iff that row keeps at least one token (the row strategy
+      keeps exactly the newlines of its kept rows). Newlines count as visual tokens reaching the LLM.
+    - Positions: ``KeptImage.indices`` index the packed sequence (grid tokens and newlines) and ``num_tokens`` is
+      its length, the processor's placeholder count, so positions work as for LLaVA-1.5: ``compact`` (``auto``
+      resolves to it) numbers the pruned sequence 0..L-1, ``original`` gives each kept token (newlines included)
+      its unpruned packed offset.
+    - Images differ in size, so in packed length and layout: each image is pruned on its own. Merging strategies
+      (pool) average vision features before the projector, within each grid.
+    Only ``vision_feature_select_strategy="default"`` with one integer feature layer is supported.
+    """
+
+    model_class: Any = LlavaNextForConditionalGeneration
+    processor_class: Any = LlavaNextProcessor
+
+    def build_tiny(self, folder: Path) -> None:
+        build_tiny_llava_next(folder)
+
+    def crop_counts(self, image_sizes: torch.Tensor) -> list[int]:
+        """Crops (base image + tiles) of each image, as the model counts them."""
+        config = self.model.config
+        return [
+            int(image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size))
+            for size in image_sizes
+        ]
+
+    def packing(self, crops: int, image_size: torch.Tensor) -> AnyresPacking:
+        """How the model packs the patches of an image with ``crops`` crops and original (height, width) size."""
+        base = self.grid()
+        patches = base[0] * base[1]
+        if crops < 2:
+            raise ConfigError(f"an AnyRes image needs a base crop and at least one tile, got {crops} crop(s)")
+        # float64 holds every index exactly; -1 marks the newlines the model inserts.
+        index_map = torch.arange(crops * patches, dtype=torch.float64).reshape(crops, patches, 1)
+        marker = torch.full((1,), -1.0, dtype=torch.float64)
+        packed_maps, _ = self.model.model.pack_image_features(
+            [index_map], image_size[None].cpu(), self.model.config.vision_feature_select_strategy, marker
+        )
+        sources = packed_maps[0][:, 0].long()
+        is_newline = sources < 0
+        newlines = is_newline.nonzero().flatten()
+        rows = newlines.shape[0]
+        cols = (sources.shape[0] - patches - rows) // max(rows, 1)
+        expected_newlines = patches + (cols + 1) * torch.arange(1, rows + 1) - 1
+        if (
+            rows == 0
+            or not torch.equal(sources[:patches], torch.arange(patches))
+            or not torch.equal(newlines, expected_newlines)
+        ):
+            raise ConfigError(
+                "the model's pack_image_features no longer packs an image as base grid + unpadded rows each "
+                "followed by a newline; this transformers version is not supported by LlavaNextAdapter"
+            )
+        positions = (~is_newline).nonzero().flatten()
+        return AnyresPacking(base, (rows, cols), positions, sources[positions], newlines, int(sources.shape[0]))
+
+    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
+        positions = self.resolve_positions(pipeline.reorder.positions)
+        pixel_values = batch["pixel_values"]
+        image_sizes = batch["image_sizes"]
+        counts = self.crop_counts(image_sizes)
+        if pixel_values.dim() == 5:  # (images, padded crops, C, H, W), as the processor returns it
+            pixel_values = torch.cat([crops[:count] for crops, count in zip(pixel_values, counts, strict=True)])
+        features, attention = self.encode(pixel_values, pipeline)
+        projector: nn.Module = self.model.model.multi_modal_projector
+        newline: torch.Tensor = self.model.model.image_newline
+        images: list[KeptImage] = []
+        start = 0
+        for count, image_size in zip(counts, image_sizes, strict=True):
+            packing = self.packing(count, image_size)
+            sources = packing.sources.to(features.device)
+            crop_features = features[start : start + count].flatten(0, 1)[sources][None]
+            crop_attention = None if attention is None else _take(attention, start, count, sources)
+            (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector)
+            images.append(packing.add_newlines(kept, newline))
+            start += count
+        return self.assemble(batch, images, positions)
+
+    def flops(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
+    ) -> list[FlopsBreakdown]:
+        """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
+        grid tokens (image newlines are not projected), the merge product of merging strategies, the LLM on the
+        kept tokens with their newlines."""
+        config = self.model.config
+        rows, cols = self.grid()
+        patches, width = rows * cols, config.vision_config.hidden_size
+        tap_per_crop = 2 * (patches + 1) ** 2 * width if pipeline.significance.reduction is not None else 0
+        image_sizes = batch["image_sizes"]
+        counts = self.crop_counts(image_sizes)
+        breakdowns = []
+        image = 0
+        for sample in range(len(inputs.images_per_sample)):
+            crops = projected = merge = 0
+            for kept in inputs.sample_images(sample):
+                packing = self.packing(counts[image], image_sizes[image])
+                grid_kept = int((~torch.isin(kept.indices, packing.newlines.to(kept.indices.device))).sum())
+                crops += counts[image]
+                projected += grid_kept
+                if pipeline.strategy.merges:
+                    merge += 2 * grid_kept * packing.layout().num_tokens * width
+                image += 1
+            base = llava_flops(
+                config,
+                int(inputs.visual_tokens[sample]),
+                int(inputs.text_tokens[sample]),
+                images=crops,
+                projector_tokens=projected,
+            )
+            breakdowns.append(replace(base, pruning=float(crops * tap_per_crop + merge)))
+        return breakdowns
+
+
+def _take(attention: AttentionSummary, start: int, count: int, sources: torch.Tensor) -> AttentionSummary:
+    """One image's (1, N) summary: its crops' rows, flattened crop-major and mapped through ``sources``."""
+
+    def pick(scores: torch.Tensor) -> torch.Tensor:
+        return scores[start : start + count].flatten()[sources.to(scores.device)][None]
+
+    return AttentionSummary(
+        received=pick(attention.received),
+        paid=pick(attention.paid),
+        cls=None if attention.cls is None else pick(attention.cls),
+    )

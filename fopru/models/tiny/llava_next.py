@@ -1,0 +1,74 @@
+"""Tiny LLaVA-NeXT: CLIP vision (6 x 6 patches + [CLS] per crop), AnyRes tiles up to 2 x 2, a 2-layer Llama (GQA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+)
+
+from fopru.models.tiny.tokenizer import word_tokenizer
+
+IMAGE_SIZE, PATCH_SIZE = 48, 8
+# (height, width) resolutions the image is resized and padded to before tiling: 1 x 2, 2 x 1 and 2 x 2 tiles.
+GRID_PINPOINTS = [[48, 96], [96, 48], [96, 96]]
+
+
+def build_tiny_llava_next(folder: Path) -> None:
+    """Save a seeded random tiny LLaVA-NeXT and its processor into ``folder``."""
+    tokenizer = word_tokenizer(["<image>"])
+    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=GRID_PINPOINTS,
+    )
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config)
+    for parameter in model.parameters():  # wider random weights so that greedy outputs depend on the image
+        parameter.data.mul_(4.0)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=GRID_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.reorder.base import ReorderPolicy
@@ -26,6 +27,7 @@ BASES: dict[str, type] = {
     "strategy": PruningStrategy,
     "reorder": ReorderPolicy,
     "model": TargetModel,
+    "data": Benchmark,
 }
 
 T = TypeVar("T")
@@ -41,9 +43,8 @@ def build(group: str, node: DictConfig | dict[str, Any], base: type[T]) -> T:
     try:
         component = instantiate(node)
     except InstantiationException as error:
-        raise ConfigError(
-            f"could not build {group} from {OmegaConf.to_container(OmegaConf.create(node))}: {error.__cause__ or error}"
-        ) from error
+        shown = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        raise ConfigError(f"could not build {group} from {shown}: {error.__cause__ or error}") from error
     if not isinstance(component, base):
         raise ConfigError(
             f"{group} config builds a {type(component).__name__}, which is not a {base.__name__}; "

@@ -7,6 +7,7 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from fopru.components import build
+from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
@@ -25,6 +26,7 @@ def run(cfg: DictConfig) -> PruningPipeline:
         raise ConfigError(f"stage={cfg.stage!r} is not one of {list(STAGES)}")
     pipeline = PruningPipeline.from_config(cfg)
     target = build("model", cfg.model, TargetModel)
+    build("data", cfg.data, Benchmark)
     target.check_positions(pipeline.reorder.positions)
     log.info("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(

@@ -28,7 +28,8 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether one TCP connection to the hub opens within ``timeout`` seconds (no retries)."""
     import socket
     from urllib.parse import urlparse
 
@@ -59,7 +60,7 @@ def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | Non
     if isinstance(try_to_load_from_cache(checkpoint, "config.json"), str):
         return checkpoint  # cached: from_pretrained opens it without the network
     offline = constants.HF_HUB_OFFLINE
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         reason = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} could not be reached"
         raise ConfigError(
             f"checkpoint {checkpoint!r} could not be reached: it is not in the local Hugging Face cache and {reason}. "

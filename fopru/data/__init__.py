@@ -1,0 +1,1 @@
+"""Benchmarks: dataset loaders, prompts and the official metrics they are scored with."""

@@ -1,0 +1,68 @@
+"""The contract every benchmark meets: a dataset of prompts and images in, official metrics out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import datasets
+
+from fopru.errors import ConfigError
+
+#: Columns every loaded benchmark has, whatever else it carries for scoring.
+CONTRACT_COLUMNS = ("sample_id", "image", "prompt")
+
+
+class Benchmark(ABC):
+    """An evaluation benchmark: which samples, which prompt text, which official metric.
+
+    A benchmark is registered by ``conf/data/<name>.yaml`` (``_target_`` plus config-time values: the dataset id or
+    a local folder, config, split, ``limit``, ``seed``). The evaluation loop calls exactly two methods:
+
+    ``load() -> datasets.Dataset``, one row per sample, with at least
+
+    - ``sample_id`` (str): unique within the benchmark and stable across runs, limits and seeds, so that predictions
+      of two runs (say, two pruning budgets) can be joined on it;
+    - ``image``: a ``datasets.Image`` feature that decodes to an RGB ``PIL.Image.Image`` on access (images are not
+      decoded at load time, so loading stays cheap);
+    - ``prompt`` (str): the text that follows the image in the user turn, exactly as lmms-eval builds it for its
+      LLaVA (``default``) prompt, i.e. the question plus the task's post-prompt (for instance
+      ``"...\\nAnswer the question using a single word or phrase."``). Chat templates and image placeholders such
+      as ``"USER: <image>\\n{prompt} ASSISTANT:"`` are the model adapter's business, never the benchmark's;
+    - whatever ``score`` needs (``answer``, ``answers``, ``choices``, ``category``, ...), plain Python values.
+
+    With ``limit=N`` it returns a seeded random subsample of N samples (the same ``N`` and ``seed`` give the same
+    samples; rows keep their original order). Benchmarks whose metric needs groups of rows (MME's question pairs,
+    MMBench's circular variants) sample whole groups, so ``N`` counts groups there. It never returns partial data
+    silently: a missing dataset, column, image or split, or a ``limit`` larger than the benchmark, raises a
+    :class:`~fopru.errors.ConfigError` naming what is missing.
+
+    ``score(records) -> dict[str, float]`` takes one record per sample: the sample's row without the image, plus
+    ``"prediction"`` (the model's decoded answer, str). It returns the benchmark's official metric(s), computed by
+    the functions of :mod:`fopru.data.metrics`, under short stable keys (``"accuracy"``, ``"adversarial/f1"``,
+    ``"mme_perception"``, ...). Fractions are in [0, 1]; MME keeps its own 0..200-per-subtask scale.
+
+    ``max_new_tokens`` bounds generation: short-answer benchmarks need a few words, multiple-choice ones a letter
+    (a few tokens leave room for "(B)" or "The answer is B").
+
+    Constructors take only config-time values (strings, numbers, bools) and no ``**kwargs``, so a typo in a YAML
+    file fails loudly. Loading happens in ``load``, never in ``__init__``, so composing and validating a run
+    configuration does not touch the network or the disk.
+    """
+
+    max_new_tokens: ClassVar[int]
+
+    def __init__(self, limit: int | None = None, seed: int = 0) -> None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"limit={limit!r} must be a positive integer or null (all samples)")
+        self.limit = limit
+        self.seed = seed
+
+    @abstractmethod
+    def load(self) -> datasets.Dataset:
+        """The benchmark's samples (all of them, or ``limit`` of them drawn with ``seed``), as described above."""
+
+    @abstractmethod
+    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Official metric(s) of ``records``: each a row of :meth:`load` without its image, plus ``"prediction"``."""

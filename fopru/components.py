@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
+from fopru.eval.tracking import ResultLogger
 from fopru.models.base import TargetModel
 from fopru.reorder.base import ReorderPolicy
 from fopru.significance.base import SignificanceSource
@@ -28,6 +29,7 @@ BASES: dict[str, type] = {
     "reorder": ReorderPolicy,
     "model": TargetModel,
     "data": Benchmark,
+    "logger": ResultLogger,
 }
 
 T = TypeVar("T")

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fopru.components import build
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
+from fopru.eval.evaluate import evaluate
+from fopru.eval.tracking import ResultLogger
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("validate", "load")
+STAGES: tuple[str, ...] = ("validate", "load", "eval")
 
 
 def run(cfg: DictConfig) -> PruningPipeline:
@@ -26,7 +31,8 @@ def run(cfg: DictConfig) -> PruningPipeline:
         raise ConfigError(f"stage={cfg.stage!r} is not one of {list(STAGES)}")
     pipeline = PruningPipeline.from_config(cfg)
     target = build("model", cfg.model, TargetModel)
-    build("data", cfg.data, Benchmark)
+    benchmark = build("data", cfg.data, Benchmark)
+    result_logger = build("logger", cfg.logger, ResultLogger)
     target.check_positions(pipeline.reorder.positions)
     log.info("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
@@ -37,8 +43,32 @@ def run(cfg: DictConfig) -> PruningPipeline:
         pipeline.reorder.positions,
         pipeline.budget,
     )
+    if cfg.stage == "eval":
+        with open_dict(cfg):
+            cfg.group = cfg.group or default_group()
+        result = evaluate(cfg, pipeline, target, benchmark)
+        if result is not None:  # rank 0
+            folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+            result.save(folder)
+            result_logger.log(result, cfg, folder, name=folder.name)
+            log.info(
+                "%s: %s=%.4f with %.1f visual tokens, %.3f TFLOPs; result in %s",
+                result.data,
+                result.primary_metric,
+                result.accuracy,
+                result.kept_tokens,
+                result.tflops_total,
+                folder,
+            )
     if cfg.stage == "load":
         target.load()
         parameters = sum(parameter.numel() for parameter in target.model.parameters())
         log.info("loaded %s (%s, %.1fM parameters)", target.checkpoint, type(target.model).__name__, parameters / 1e6)
     return pipeline
+
+
+def default_group() -> str:
+    """The sweep folder's name inside ``-m`` (all its jobs share it), else ``single``."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return "single"

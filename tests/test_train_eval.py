@@ -53,7 +53,8 @@ def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
 def test_the_readme_sweep_composes_and_validates(tmp_path: Path) -> None:
     result = train_eval("strategy=row", "keep=0.05,0.25", "-m", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "#1 : strategy=row keep=0.25" in result.stdout + result.stderr
+    jobs = [line.split(" : ", 1)[1].split() for line in (result.stdout + result.stderr).splitlines() if "\t#" in line]
+    assert sorted(sorted(job) for job in jobs) == [["keep=0.05", "strategy=row"], ["keep=0.25", "strategy=row"]]
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,11 @@ class Benchmark(ABC):
         self.limit = limit
         self.seed = seed
 
+    @property
+    def primary_metric(self) -> str:
+        """The key of :meth:`score`'s result that summarises the benchmark (the y-axis of Pareto curves)."""
+        return "accuracy"
+
     @abstractmethod
     def load(self) -> datasets.Dataset:
         """The benchmark's samples (all of them, or ``limit`` of them drawn with ``seed``), as described above."""

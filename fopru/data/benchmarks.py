@@ -318,6 +318,11 @@ class PopeBenchmark(HubBenchmark):
     """
 
     max_new_tokens = 16
+
+    @property
+    def primary_metric(self) -> str:
+        return "f1"  # mean F1 over the adversarial, popular and random splits
+
     columns = ("question_id", "question", "answer", "category")
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
@@ -351,6 +356,11 @@ class MMEBenchmark(HubBenchmark):
     """
 
     max_new_tokens = 16
+
+    @property
+    def primary_metric(self) -> str:
+        return "mme_perception"
+
     columns = ("question_id", "question", "answer", "category")
     YES_NO_SUFFIX = " Please answer yes or no."
 
@@ -625,6 +635,10 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
             "answer": row["answer"],
             "category": row["category"],
         }
+
+    @property
+    def primary_metric(self) -> str:
+        return "circular_accuracy" if self.circular else "accuracy"
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if self.circular:

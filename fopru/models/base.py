@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from fopru.efficiency.flops import FlopsBreakdown
 from fopru.errors import ConfigError
+from fopru.eval.timing import PhaseTimer
 from fopru.layout import VisualLayout
 from fopru.models.loading import resolve_checkpoint, torch_dtype
 from fopru.models.tap import VisionAttentionTap
@@ -210,6 +211,8 @@ class TargetModel(ABC):
 
     model_class: Any
     processor_class: Any
+    #: The user turn when the processor has no chat template; ``{text}`` is the benchmark's prompt.
+    prompt_template: str = "USER: <image>\n{text} ASSISTANT:"
     #: Position modes this family supports (Qwen's M-RoPE only supports ``original``).
     position_modes: tuple[str, ...] = ("compact", "original")
 
@@ -222,6 +225,12 @@ class TargetModel(ABC):
         self.device = device
         self._model: Any = None
         self._processor: Any = None
+        #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.eval.timing`).
+        self.timer: PhaseTimer | None = None
+
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        """Time a stage when a timer is attached."""
+        return self.timer.phase(name) if self.timer is not None else nullcontext()
 
     # -- loading -------------------------------------------------------------------------------------------
     def build_tiny(self, folder: Path) -> None:
@@ -310,6 +319,15 @@ class TargetModel(ABC):
         layer = self.vision_layers()[self.tap_index(source)]
         return VisionAttentionTap(self.attention_of(layer), source.reduction, has_cls)
 
+    def format_prompt(self, text: str) -> str:
+        """One image and ``text`` as a user turn, ready for generation: the processor's chat template if it has
+        one (real checkpoints), else :attr:`prompt_template`."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            prompt: str = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+            return prompt
+        return self.prompt_template.format(text=text)
+
     def prepare(self, images: Sequence[Any], prompts: Sequence[str]) -> Mapping[str, torch.Tensor]:
         """Run the processor on images and prompts (one ``<image>`` per image in the prompt), left-padded."""
         batch = self.processor(images=list(images), text=list(prompts), padding=True, return_tensors="pt")
@@ -356,13 +374,14 @@ class TargetModel(ABC):
         with torch.no_grad():
             inputs = self.prefill_inputs(batch, pipeline)
             cache = DynamicCache()
-            logits = self.language_forward(
-                inputs.position_ids,
-                inputs.attention_mask,
-                cache,
-                inputs_embeds=inputs.inputs_embeds,
-                logits_to_keep=1,
-            )
+            with self.phase("prefill"):
+                logits = self.language_forward(
+                    inputs.position_ids,
+                    inputs.attention_mask,
+                    cache,
+                    inputs_embeds=inputs.inputs_embeds,
+                    logits_to_keep=1,
+                )
             prompt_cache_length = cache.get_seq_length()
             token = logits[:, -1].argmax(dim=-1)
             finished = token == eos
@@ -374,7 +393,8 @@ class TargetModel(ABC):
                     break
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 step_positions = position[None, :, None].expand(inputs.position_ids.shape[0], -1, 1)
-                logits = self.language_forward(step_positions, mask, cache, input_ids=token[:, None])
+                with self.phase("decode"):
+                    logits = self.language_forward(step_positions, mask, cache, input_ids=token[:, None])
                 position = position + 1
                 token = logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
                 finished = finished | (token == eos)

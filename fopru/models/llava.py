@@ -102,7 +102,7 @@ class LlavaAdapter(TargetModel):
     ) -> tuple[torch.Tensor, AttentionSummary | None]:
         """(C, n, D_vision) patch features of the layer the projector reads ([CLS] dropped) and the tap's summary."""
         self.check_features()
-        with self.tap(pipeline.significance, has_cls=True) as tap:
+        with self.phase("vision"), self.tap(pipeline.significance, has_cls=True) as tap:
             vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
         features = vision.hidden_states[self.model.config.vision_feature_layer][:, 1:]
         return features, tap.summary() if tap is not None else None
@@ -127,8 +127,9 @@ class LlavaAdapter(TargetModel):
         positions = self.resolve_positions(pipeline.reorder.positions)
         features, attention = self.encode(batch["pixel_values"], pipeline)
         layout = VisualLayout.from_grid(self.grid(), has_cls=True)
-        images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
-        return self.assemble(batch, images, positions)
+        with self.phase("pruning"):
+            images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
+            return self.assemble(batch, images, positions)
 
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline

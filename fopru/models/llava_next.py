@@ -163,15 +163,16 @@ class LlavaNextAdapter(LlavaAdapter):
         newline: torch.Tensor = self.model.model.image_newline
         images: list[KeptImage] = []
         start = 0
-        for count, image_size in zip(counts, image_sizes, strict=True):
-            packing = self.packing(count, image_size)
-            sources = packing.sources.to(features.device)
-            crop_features = features[start : start + count].flatten(0, 1)[sources][None]
-            crop_attention = None if attention is None else _take(attention, start, count, sources)
-            (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector)
-            images.append(packing.add_newlines(kept, newline))
-            start += count
-        return self.assemble(batch, images, positions)
+        with self.phase("pruning"):
+            for count, image_size in zip(counts, image_sizes, strict=True):
+                packing = self.packing(count, image_size)
+                sources = packing.sources.to(features.device)
+                crop_features = features[start : start + count].flatten(0, 1)[sources][None]
+                crop_attention = None if attention is None else _take(attention, start, count, sources)
+                (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector)
+                images.append(packing.add_newlines(kept, newline))
+                start += count
+            return self.assemble(batch, images, positions)
 
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline

@@ -104,6 +104,7 @@ class Qwen2VLAdapter(TargetModel):
     model_class: Any = Qwen2VLForConditionalGeneration
     processor_class: Any = ImageOnlyQwen2VLProcessor
     position_modes = ("original",)
+    prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}{{text}}<|im_end|>\n<|im_start|>assistant\n"
 
     def __init__(
         self,
@@ -201,7 +202,7 @@ class Qwen2VLAdapter(TargetModel):
                 f"{type(self).__name__} prunes still images (t = 1), got image_grid_thw={grid_thw.tolist()}"
             )
         pixel_values = batch["pixel_values"].to(self.device, self.dtype)
-        with torch.no_grad(), self.tap(source, has_cls=False) as tap:
+        with torch.no_grad(), self.phase("vision"), self.tap(source, has_cls=False) as tap:
             output = self.model.model.get_image_features(pixel_values=pixel_values, image_grid_thw=grid_thw)
         features = _pooler_output(output, grid_thw, self.merge_size)
         if tap is None:
@@ -232,23 +233,26 @@ class Qwen2VLAdapter(TargetModel):
         features, summaries = self.encode_images(batch, pipeline.significance)
         merge = self.merge_size
         images: list[KeptImage] = []
-        for image, (embeddings, (_, rows, cols)) in enumerate(
-            zip(features, batch["image_grid_thw"].tolist(), strict=True)
-        ):
-            layout = VisualLayout(embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge)
-            attention = summaries[image] if summaries is not None else None
-            images += prune_images(pipeline, attention, embeddings[None], layout, _identity)
-        with torch.no_grad():
-            base_positions = self.unpruned_positions(batch)
-        return assemble_sequences(
-            batch["input_ids"],
-            batch["attention_mask"],
-            base_positions,
-            int(self.model.config.image_token_id),
-            images,
-            positions,
-            self.model.get_input_embeddings(),
-        )
+        with self.phase("pruning"):
+            for image, (embeddings, (_, rows, cols)) in enumerate(
+                zip(features, batch["image_grid_thw"].tolist(), strict=True)
+            ):
+                layout = VisualLayout(
+                    embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge
+                )
+                attention = summaries[image] if summaries is not None else None
+                images += prune_images(pipeline, attention, embeddings[None], layout, _identity)
+            with torch.no_grad():
+                base_positions = self.unpruned_positions(batch)
+            return assemble_sequences(
+                batch["input_ids"],
+                batch["attention_mask"],
+                base_positions,
+                int(self.model.config.image_token_id),
+                images,
+                positions,
+                self.model.get_input_embeddings(),
+            )
 
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline

@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict, Features, Image, Value
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image as PILImage
 
-from fopru.components import CONFIG_DIR, build, choices
+from fopru.components import CONFIG_DIR, build, choices, load
 from fopru.data import benchmarks
 from fopru.data.base import CONTRACT_COLUMNS, Benchmark
 from fopru.errors import ConfigError
@@ -669,3 +669,11 @@ def test_easyvqa_scores_exact_match_accuracy() -> None:
         loaded[3]["sample_id"]: f"a {answers[3]}",  # an article is not stripped: wrong
     }
     assert benchmark("easyvqa").score(records_of(loaded, predictions)) == {"accuracy": 0.5}
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (CONFIG_DIR / "data").glob("*.yaml")))
+def test_the_primary_metric_is_a_key_of_the_scores(name: str) -> None:
+    """Checked on the class contract: the primary metric names one of the keys ``score`` documents."""
+    benchmark = load("data", name, Benchmark)
+    expected = {"pope": "f1", "mme": "mme_perception"}.get(name, "accuracy")
+    assert benchmark.primary_metric == expected

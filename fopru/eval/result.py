@@ -1,0 +1,96 @@
+"""The result of one evaluation job, as written to ``result.json`` in the job's output folder.
+
+Sweep-level tools (Pareto fronts, tables, plots, W&B summaries) read these files; nothing is re-parsed from logs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median seconds per sample of each stage, measured on a warmed-up model (device events on GPU).
+
+    Attributes:
+        vision: vision encoder, tap included (for all of a sample's images).
+        pruning: significance + selection + building the kept tokens (projector included for LLaVA).
+        prefill: the language model's prefill, i.e. time to first token after the visual tokens are ready.
+        decode_per_token: one greedy decode step.
+        total: the whole request, end to end.
+    """
+
+    vision: float
+    pruning: float
+    prefill: float
+    decode_per_token: float
+    total: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One job: a (model, benchmark, method, budget) point with its accuracy and its cost.
+
+    Attributes:
+        group: the sweep's name (the W&B group); all jobs of one ``-m`` run share it.
+        model, data, strategy, significance, reorder: the config choices (group option names).
+        keep, keep_tokens: the nominal budget.
+        samples: samples scored.
+        kept_tokens: mean visual tokens per sample that reached the language model (the actual count).
+        metrics: the benchmark's official metrics, name -> value.
+        primary_metric: the name in ``metrics`` that Pareto curves plot.
+        tflops_prefill, tflops_total: mean analytic TFLOPs per sample (vision + pruning + projector + prefill; and
+            with decoding of the generated tokens).
+        latency: median per-stage latency, or ``None`` when not measured.
+        peak_memory_bytes: peak accelerator memory (0 on CPU, where it is not tracked).
+        kv_cache_bytes: mean KV-cache bytes per sample after prefill.
+        throughput: samples per second over the whole evaluation.
+        attention: the attention implementation of the language model (sdpa, flash_attention_2, eager).
+        device: where it ran (e.g. "cpu", "NVIDIA H100 80GB HBM3 x2").
+        overrides: the job's Hydra overrides, for reproducing it.
+    """
+
+    group: str
+    model: str
+    data: str
+    strategy: str
+    significance: str
+    reorder: str
+    keep: float
+    keep_tokens: int | None
+    samples: int
+    kept_tokens: float
+    metrics: dict[str, float]
+    primary_metric: str
+    tflops_prefill: float
+    tflops_total: float
+    latency: Latency | None
+    peak_memory_bytes: int
+    kv_cache_bytes: float
+    throughput: float
+    attention: str
+    device: str
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        """The primary metric's value."""
+        return self.metrics[self.primary_metric]
+
+    def save(self, folder: Path) -> Path:
+        """Write ``result.json`` into ``folder``."""
+        path = Path(folder) / RESULT_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> RunResult:
+        """Read a ``result.json`` written by :meth:`save`."""
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+        latency = data.pop("latency")
+        return cls(latency=Latency(**latency) if latency is not None else None, **data)

@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> PruningPipeline:
             result.save(folder)
             result_logger.log(result, cfg, folder, name=folder.name)
             log.info(
-                "%s: %s=%.4f with %.1f visual tokens, %.3f TFLOPs; result in %s",
+                "%s: %s=%.4f with %.1f visual tokens, %.3g TFLOPs; result in %s",
                 result.data,
                 result.primary_metric,
                 result.accuracy,

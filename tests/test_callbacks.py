@@ -20,15 +20,6 @@ from fopru.run import run
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
-# What conf/train_eval.yaml needs for the pareto callback and the default sweep (tests add it to a copy until then).
-CALLBACK_DEFAULT = "  - override hydra/callbacks: pareto\n"
-DEFAULT_SWEEP = """
-hydra:
-  sweeper:
-    params:  # the default sweep of a bare `python train_eval.py -m`; a value given on the command line replaces it
-      keep: 0.05,0.1,0.25,0.5,1.0
-"""
-
 # A stand-in for train_eval.py whose jobs write a result.json: accuracy and cost follow from strategy and keep.
 APP = """
 import os
@@ -95,25 +86,10 @@ def run_app(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def train_eval(tmp_path: Path, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
-    """Run train_eval.py (each argument list at once, in parallel) on a copy of conf/ that has the lines this feature
-    asks conf/train_eval.yaml for."""
-    conf = tmp_path / "conf"
-    if not conf.exists():
-        conf.mkdir()
-        for path in CONFIG_DIR.rglob("*.yaml"):
-            (conf / path.relative_to(CONFIG_DIR)).parent.mkdir(parents=True, exist_ok=True)
-            (conf / path.relative_to(CONFIG_DIR)).write_text(path.read_text())
-        text = (conf / "train_eval.yaml").read_text()
-        if "hydra/callbacks" not in text:
-            text = text.replace(
-                "  - override hydra/help: fopru\n", "  - override hydra/help: fopru\n" + CALLBACK_DEFAULT
-            )
-        if not OmegaConf.select(OmegaConf.create(text), "hydra.sweeper.params"):
-            text += DEFAULT_SWEEP
-        (conf / "train_eval.yaml").write_text(text)
+    """Run train_eval.py with each argument list, all at once, in parallel."""
     processes = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "train_eval.py"), "--config-path", str(conf), *args],
+            [sys.executable, str(ROOT / "train_eval.py"), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -195,16 +171,20 @@ def test_a_single_run_gets_the_table_and_plots_in_its_run_folder(tmp_path: Path)
 def test_a_bare_multirun_sweeps_keep_and_command_line_values_replace_it(tmp_path: Path) -> None:
     bare, one = train_eval(
         tmp_path,
-        ["-m", f"hydra.sweep.dir={tmp_path / 'default'}"],
-        ["strategy=row", "keep=0.05", f"hydra.sweep.dir={tmp_path / 'one'}", "-m"],
+        ["stage=validate", f"hydra.sweep.dir={tmp_path / 'default'}", "-m"],
+        ["stage=validate", "strategy=row", "keep=0.05", f"hydra.sweep.dir={tmp_path / 'one'}", "-m"],
     )
     assert bare.returncode == 0, bare.stderr
     output = bare.stdout + bare.stderr
-    assert launched_jobs(output) == [f"keep={keep}" for keep in ("0.05", "0.1", "0.25", "0.5", "1.0")]
+    assert [sorted(job.split()) for job in launched_jobs(output)] == [
+        ["keep=" + keep, "stage=validate"] for keep in ("0.05", "0.1", "0.25", "0.5", "1.0")
+    ]
     assert "nothing to summarize" in output  # stage=validate writes no result.json; the callback copes
     assert sorted(path.name for path in (tmp_path / "default").iterdir() if path.is_dir()) == list("01234")
     assert one.returncode == 0, one.stderr
-    assert launched_jobs(one.stdout + one.stderr) == ["keep=0.05 strategy=row"]
+    assert [sorted(job.split()) for job in launched_jobs(one.stdout + one.stderr)] == [
+        ["keep=0.05", "stage=validate", "strategy=row"]
+    ]
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[path.stem for path in SWEEPS])
@@ -222,7 +202,7 @@ def test_sweep_definitions_match_their_hydra_config_and_compose(path: Path) -> N
         jobs = list(itertools.product(*axes))
         assert len(jobs) == sweep["jobs"]
         for overrides in jobs:  # every job of the sweep passes stage=validate
-            run(compose(config_name="train_eval", overrides=[f"+sweep={path.stem}", *overrides]))
+            run(compose(config_name="train_eval", overrides=[f"+sweep={path.stem}", "stage=validate", *overrides]))
 
 
 # --- one GPU per joblib worker ------------------------------------------------------------------------------------

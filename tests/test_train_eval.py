@@ -33,7 +33,7 @@ def train_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_defaults_compose_to_fopru() -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train_eval", overrides=["strategy=row", "keep=0.05"])
+        cfg = compose(config_name="train_eval", overrides=["strategy=row", "keep=0.05", "stage=validate"])
     pipeline = run(cfg)
     assert isinstance(pipeline, PruningPipeline)
     assert isinstance(pipeline.significance, FocalSignificance)
@@ -51,10 +51,13 @@ def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
 
 
 def test_the_readme_sweep_composes_and_validates(tmp_path: Path) -> None:
-    result = train_eval("strategy=row", "keep=0.05,0.25", "-m", cwd=tmp_path)
+    result = train_eval("stage=validate", "strategy=row", "keep=0.05,0.25", "-m", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = [line.split(" : ", 1)[1].split() for line in (result.stdout + result.stderr).splitlines() if "\t#" in line]
-    assert sorted(sorted(job) for job in jobs) == [["keep=0.05", "strategy=row"], ["keep=0.25", "strategy=row"]]
+    assert sorted(sorted(job) for job in jobs) == [
+        ["keep=0.05", "stage=validate", "strategy=row"],
+        ["keep=0.25", "stage=validate", "strategy=row"],
+    ]
 
 
 @pytest.mark.parametrize(

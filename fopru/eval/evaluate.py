@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -195,7 +196,12 @@ def evaluate(cfg: DictConfig, pipeline: PruningPipeline, target: TargetModel, be
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     latency = measure_latency(target, pipeline, benchmark, cfg.latency_samples, cfg.latency_warmup)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    # GPU: the allocator's peak during the timed requests; CPU: the process's peak resident memory (Linux: KiB).
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     new_samples = len(records) - len(wanted & skip)
     result = RunResult(
         group=str(cfg.group),

@@ -47,7 +47,8 @@ class RunResult:
         tflops_prefill, tflops_total: mean analytic TFLOPs per sample (vision + pruning + projector + prefill; and
             with decoding of the generated tokens).
         latency: median per-stage latency, or ``None`` when not measured.
-        peak_memory_bytes: peak accelerator memory (0 on CPU, where it is not tracked).
+        peak_memory_bytes: on GPU, peak allocated device memory while timing requests; on CPU, the process's peak
+            resident memory.
         kv_cache_bytes: mean KV-cache bytes per sample after prefill.
         throughput: samples per second over the whole evaluation.
         attention: the attention implementation of the language model (sdpa, flash_attention_2, eager).

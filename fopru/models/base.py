@@ -207,6 +207,8 @@ class TargetModel(ABC):
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         attn_implementation: the kernel of every layer (``sdpa``, ``eager``, ``flash_attention_2``); the tap keeps it.
         device: where to load the model.
+        tap_layer: the vision layer significance comes from (0-based, negative from the end); ``None`` for the
+            family's default. A significance source's own ``layer`` wins over it.
     """
 
     model_class: Any
@@ -217,9 +219,15 @@ class TargetModel(ABC):
     position_modes: tuple[str, ...] = ("compact", "original")
 
     def __init__(
-        self, checkpoint: str, dtype: str = "float32", attn_implementation: str = "sdpa", device: str = "cpu"
+        self,
+        checkpoint: str,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        device: str = "cpu",
+        tap_layer: int | None = None,
     ) -> None:
         self.checkpoint = checkpoint
+        self.tap_layer = tap_layer
         self.dtype = torch_dtype(dtype)
         self.attn_implementation = attn_implementation
         self.device = device

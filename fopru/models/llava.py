@@ -53,17 +53,6 @@ class LlavaAdapter(TargetModel):
     model_class: Any = LlavaForConditionalGeneration
     processor_class: Any = LlavaProcessor
 
-    def __init__(
-        self,
-        checkpoint: str,
-        dtype: str = "float32",
-        attn_implementation: str = "sdpa",
-        device: str = "cpu",
-        tap_layer: int | None = None,
-    ) -> None:
-        super().__init__(checkpoint, dtype, attn_implementation, device)
-        self.tap_layer = tap_layer
-
     def build_tiny(self, folder: Path) -> None:
         build_tiny_llava(folder)
 

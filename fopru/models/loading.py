@@ -8,6 +8,8 @@ probes the hub once with a short timeout.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +19,13 @@ from huggingface_hub import constants, try_to_load_from_cache
 from fopru.errors import ConfigError
 
 TINY_PREFIX = "tiny:"
-TINY_CACHE = Path(os.environ.get("FOPRU_CACHE", Path.home() / ".cache" / "fopru")) / "tiny"
+
+
+def tiny_cache() -> Path:
+    """Where tiny fixtures are built: ``$FOPRU_CACHE/tiny`` (default ``~/.cache/fopru/tiny``)."""
+    return Path(os.environ.get("FOPRU_CACHE", Path.home() / ".cache" / "fopru")) / "tiny"
+
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -50,10 +58,17 @@ def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | Non
     if checkpoint.startswith(TINY_PREFIX):
         if build_tiny is None:
             raise ConfigError(f"{checkpoint!r}: this model family has no tiny fixture")
-        folder = TINY_CACHE / checkpoint.removeprefix(TINY_PREFIX)
+        folder = tiny_cache() / checkpoint.removeprefix(TINY_PREFIX)
         if not (folder / "config.json").is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            build_tiny(folder)
+            # Built in a private folder and renamed into place, so that processes starting together (DDP ranks,
+            # parallel jobs) never read a half-written fixture.
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+            build_tiny(staging)
+            try:
+                staging.rename(folder)
+            except OSError:  # another process renamed its copy first
+                shutil.rmtree(staging, ignore_errors=True)
         return str(folder)
     if Path(checkpoint).is_dir():
         return checkpoint

@@ -106,17 +106,6 @@ class Qwen2VLAdapter(TargetModel):
     position_modes = ("original",)
     prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}{{text}}<|im_end|>\n<|im_start|>assistant\n"
 
-    def __init__(
-        self,
-        checkpoint: str,
-        dtype: str = "float32",
-        attn_implementation: str = "sdpa",
-        device: str = "cpu",
-        tap_layer: int | None = None,
-    ) -> None:
-        super().__init__(checkpoint, dtype, attn_implementation, device)
-        self.tap_layer = tap_layer
-
     def build_tiny(self, folder: Path) -> None:
         # Imported here: the fixture module imports this module's image-only processors.
         from fopru.models.tiny.qwen2_vl import build_tiny_qwen2_vl

@@ -12,6 +12,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedTokenizerFast,
 )
 
 from fopru.models.tiny.tokenizer import word_tokenizer
@@ -19,10 +20,8 @@ from fopru.models.tiny.tokenizer import word_tokenizer
 IMAGE_SIZE, PATCH_SIZE = 48, 8
 
 
-def build_tiny_llava(folder: Path) -> None:
-    """Save a seeded random tiny LLaVA and its processor into ``folder``."""
-    tokenizer = word_tokenizer(["<image>"])
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
+def clip_and_llama(tokenizer: PreTrainedTokenizerFast, max_positions: int) -> tuple[CLIPVisionConfig, LlamaConfig]:
+    """The tiny CLIP vision tower (4 layers, 6 x 6 patches + [CLS]) and Llama (2 layers, GQA 4/2) of the LLaVAs."""
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -38,11 +37,25 @@ def build_tiny_llava(folder: Path) -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return vision, text
+
+
+def scale_weights(model: torch.nn.Module) -> None:
+    """Wider random weights, so that greedy outputs depend on the image."""
+    for parameter in model.parameters():
+        parameter.data.mul_(4.0)
+
+
+def build_tiny_llava(folder: Path) -> None:
+    """Save a seeded random tiny LLaVA and its processor into ``folder``."""
+    tokenizer = word_tokenizer(["<image>"])
+    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
+    vision, text = clip_and_llama(tokenizer, max_positions=256)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -52,8 +65,7 @@ def build_tiny_llava(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
-    for parameter in model.parameters():  # wider random weights so that greedy outputs depend on the image
-        parameter.data.mul_(4.0)
+    scale_weights(model)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )

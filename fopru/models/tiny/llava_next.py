@@ -6,17 +6,15 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
 )
 
+from fopru.models.tiny.llava import IMAGE_SIZE, PATCH_SIZE, clip_and_llama, scale_weights
 from fopru.models.tiny.tokenizer import word_tokenizer
 
-IMAGE_SIZE, PATCH_SIZE = 48, 8
 # (height, width) resolutions the image is resized and padded to before tiling: 1 x 2, 2 x 1 and 2 x 2 tiles.
 GRID_PINPOINTS = [[48, 96], [96, 48], [96, 96]]
 
@@ -25,26 +23,7 @@ def build_tiny_llava_next(folder: Path) -> None:
     """Save a seeded random tiny LLaVA-NeXT and its processor into ``folder``."""
     tokenizer = word_tokenizer(["<image>"])
     image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision, text = clip_and_llama(tokenizer, max_positions=512)
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,
@@ -55,8 +34,7 @@ def build_tiny_llava_next(folder: Path) -> None:
     )
     torch.manual_seed(0)
     model = LlavaNextForConditionalGeneration(config)
-    for parameter in model.parameters():  # wider random weights so that greedy outputs depend on the image
-        parameter.data.mul_(4.0)
+    scale_weights(model)
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig
 
 from fopru.components import build
 from fopru.layout import Budget, VisualLayout
+from fopru.llm_pruning.base import LLMPruning
+from fopru.llm_pruning.none import NoLLMPruning
 from fopru.reorder.base import ReorderPolicy
-from fopru.significance.attention import AttentionSummary
+from fopru.significance.attention import AttentionReduction, AttentionSummary
 from fopru.significance.base import SignificanceSource
-from fopru.strategies.base import PruningStrategy, Selection
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
 @dataclass(frozen=True)
@@ -23,14 +25,29 @@ class PrunedTokens:
     significance: torch.Tensor
 
 
+class StrategyAttention(SignificanceSource):
+    """The tap a strategy that reads attention needs behind a source that reads none (``significance=uniform``):
+    the default layer, probabilities, [CLS] dropped after the softmax. It scores nothing itself."""
+
+    reduction = AttentionReduction()
+
+    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
+        raise TypeError("StrategyAttention only says which layer to tap; it is not a significance source")
+
+
 @dataclass(frozen=True)
 class PruningPipeline:
-    """One configured pruning method; adapters call :meth:`prune` between the vision encoder and the LLM."""
+    """One configured pruning method; adapters call :meth:`prune` between the vision encoder and the LLM.
+
+    ``llm_pruning`` is the in-LLM method applied inside the language model after it (default: none); it reads
+    the same ``budget`` unless it has its own ``keep``.
+    """
 
     significance: SignificanceSource
     strategy: PruningStrategy
     reorder: ReorderPolicy
     budget: Budget
+    llm_pruning: LLMPruning = field(default_factory=NoLLMPruning)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PruningPipeline:
@@ -41,10 +58,43 @@ class PruningPipeline:
             strategy=build("strategy", cfg.strategy, PruningStrategy),
             reorder=build("reorder", cfg.reorder, ReorderPolicy),
             budget=budget,
+            llm_pruning=build("llm_pruning", cfg.llm_pruning, LLMPruning) if "llm_pruning" in cfg else NoLLMPruning(),
         )
 
-    def prune(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> PrunedTokens:
-        """Score, select and reorder the (B, N, D) visual features of a batch laid out as ``layout``."""
+    @property
+    def attention_source(self) -> SignificanceSource:
+        """Whose ``layer`` and ``reduction`` the adapter taps: the significance source, or, when only the strategy
+        reads attention (``strategy.needs_attention`` with e.g. ``significance=norm``), :class:`StrategyAttention`.
+        A strategy that reads attention thus gets the significance source's layer and reduction when it has one."""
+        if self.significance.reduction is None and self.strategy.needs_attention:
+            return StrategyAttention()
+        return self.significance
+
+    def prune(
+        self,
+        attention: AttentionSummary | None,
+        features: torch.Tensor,
+        layout: VisualLayout,
+        inputs: StrategyInputs | None = None,
+    ) -> PrunedTokens:
+        """Score, select and reorder the (B, N, D) visual features of a batch laid out as ``layout``.
+
+        ``inputs`` carries what the strategy's flags ask for beyond the features and the attention (projected
+        tokens, text embeddings); features and attention are filled in here.
+        """
         significance = self.significance.score(attention, features, layout)
-        selection = self.reorder.apply(self.strategy.select(significance, layout, self.budget), significance)
-        return PrunedTokens(selection, significance)
+        inputs = replace(inputs or StrategyInputs(), features=features, attention=attention)
+        selection = self.strategy.select(significance, layout, self.budget, inputs)
+        if selection.counts is None:
+            ordered = replace(self.reorder.apply(selection, significance), flops=selection.flops)
+        else:  # padding must stay behind each sample's kept tokens: reorder sample by sample
+            ordered = replace(
+                Selection.stack(
+                    [
+                        self.reorder.apply(selection.sample(index), significance[index : index + 1])
+                        for index in range(significance.shape[0])
+                    ]
+                ),
+                flops=selection.flops,
+            )
+        return PrunedTokens(ordered, significance)

@@ -30,5 +30,5 @@ def test_a_typo_in_a_config_key_fails_loudly() -> None:
 
 def test_a_component_of_the_wrong_kind_is_rejected_with_the_choices() -> None:
     node = OmegaConf.load(CONFIG_DIR / "reorder" / "original.yaml")
-    with pytest.raises(ConfigError, match=r"not a PruningStrategy; valid strategy choices: none, pool"):
+    with pytest.raises(ConfigError, match=r"not a PruningStrategy; valid strategy choices: adafv, divprune, none"):
         build("strategy", node, PruningStrategy)

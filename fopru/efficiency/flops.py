@@ -15,8 +15,9 @@ h head dim, V vocabulary size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import (
@@ -50,7 +51,12 @@ class FlopsBreakdown:
         decode_per_token: the first decode step, one token attending to the prompt and itself.
         decode_growth: what every further decode step adds, because the KV cache holds one more key.
         pruning: choosing and building the kept tokens: the tap's extra query-key product on the tapped vision
-            layer (0 for sources that read no attention) plus, for merging strategies, the merge product.
+            layer (0 for sources that read no attention) plus, for merging strategies, the merge product, plus for
+            in-LLM pruning the last query's product with the keys at every ranking layer.
+        visual_tokens_mean: visual tokens per language-model layer, averaged over the layers (equal to the visual
+            tokens that reached the LLM unless in-LLM pruning drops some after a layer); ``None`` if not computed.
+        visual_tokens_equivalent: the visual-token count with which a pre-LLM method (every layer seeing the same
+            tokens) would cost the same prefill FLOPs: the budget to compare in-LLM methods with pre-LLM ones.
     """
 
     vision: float
@@ -59,6 +65,8 @@ class FlopsBreakdown:
     decode_per_token: float
     decode_growth: float = 0.0
     pruning: float = 0.0
+    visual_tokens_mean: float | None = None
+    visual_tokens_equivalent: float | None = None
 
     def total(self, new_tokens: int = 1) -> float:
         """FLOPs to generate ``new_tokens`` tokens: the first comes from the prefill logits, each later one from a
@@ -103,16 +111,20 @@ class _DecoderShape:
                 f"{error}"
             ) from error
 
-    def forward(self, tokens: int, keys: int, logits: int) -> int:
-        """``tokens`` new positions, each attending to ``keys`` positions, and lm_head on ``logits`` of them.
+    def layer(self, tokens: int, keys: int) -> int:
+        """One layer: ``tokens`` new positions, each attending to ``keys`` positions.
 
-        Per layer: q and o projections 2 * 2nd(Hh), k and v 2 * 2nd(Kh), attention 2 * 2 n keys Hh (QK^T and PV,
-        GQA heads broadcast to H), SwiGLU MLP 3 * 2ndm; then lm_head 2dV per logit position.
+        q and o projections 2 * 2nd(Hh), k and v 2 * 2nd(Kh), attention 2 * 2 n keys Hh (QK^T and PV, GQA heads
+        broadcast to H), SwiGLU MLP 3 * 2ndm.
         """
         projections = 4 * tokens * self.hidden * self.head_dim * (self.heads + self.kv_heads)
         attention = 4 * tokens * keys * self.heads * self.head_dim
         mlp = 6 * tokens * self.hidden * self.intermediate
-        return self.layers * (projections + attention + mlp) + 2 * logits * self.hidden * self.vocab
+        return projections + attention + mlp
+
+    def forward(self, tokens: int, keys: int, logits: int) -> int:
+        """Every layer on ``tokens`` new positions attending to ``keys``, then lm_head (2dV) on ``logits`` of them."""
+        return self.layers * self.layer(tokens, keys) + 2 * logits * self.hidden * self.vocab
 
 
 def _encoder_layer(tokens: int, pairs: int, hidden: int, intermediate: int, gated: bool) -> int:
@@ -372,3 +384,92 @@ def qwen2_vl_flops(
         raise ConfigError(f"visual_tokens_kept={visual_tokens_kept} exceeds the {available} merged tokens of grid_thw")
     vision = vision_flops(vision_config, grid_thw=grid_thw)
     return _breakdown(config, vision, 0, prompt, logits_to_keep)
+
+
+def _layer_tokens(shape: _DecoderShape, layer_tokens: Sequence[int]) -> list[int]:
+    tokens = [int(value) for value in layer_tokens]
+    if len(tokens) != shape.layers:
+        raise ConfigError(f"layer_tokens has {len(tokens)} entries for a {shape.layers}-layer language model")
+    for value in tokens:
+        _positive("layer_tokens entry", value)
+    return tokens
+
+
+def staged_prefill_flops(text_config: PretrainedConfig, layer_tokens: Sequence[int], logits_to_keep: int = 1) -> int:
+    """The prompt's prefill when layer i holds ``layer_tokens[i]`` tokens (in-LLM pruning drops tokens between
+    layers): each layer's self-attention over its own tokens; lm_head on the last layer's last ``logits_to_keep``
+    positions (0: all). With every entry equal this is :func:`prefill_flops`."""
+    shape = _DecoderShape.from_config(text_config)
+    tokens = _layer_tokens(shape, layer_tokens)
+    if isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+        raise ConfigError(f"logits_to_keep must be >= 0 (0 = all positions), got {logits_to_keep!r}")
+    logits = tokens[-1] if logits_to_keep == 0 else min(logits_to_keep, tokens[-1])
+    return sum(shape.layer(count, count) for count in tokens) + 2 * logits * shape.hidden * shape.vocab
+
+
+def staged_decode_flops(text_config: PretrainedConfig, layer_contexts: Sequence[int]) -> int:
+    """One decode step when layer i has ``layer_contexts[i]`` cached tokens: each layer attends to its own cache and
+    the new token. With every entry equal this is :func:`decode_flops`."""
+    shape = _DecoderShape.from_config(text_config)
+    contexts = [int(value) for value in layer_contexts]
+    if len(contexts) != shape.layers or any(value < 0 for value in contexts):
+        raise ConfigError(f"layer_contexts must hold {shape.layers} counts >= 0, got {contexts}")
+    return sum(shape.layer(1, context + 1) for context in contexts) + 2 * shape.hidden * shape.vocab
+
+
+def ranking_flops(text_config: PretrainedConfig, keys: int) -> int:
+    """The last query's scores against ``keys`` keys in one layer, all heads: 2 keys Hh (in-LLM ranking)."""
+    shape = _DecoderShape.from_config(text_config)
+    return 2 * keys * shape.heads * shape.head_dim
+
+
+def pre_llm_equivalent(text_config: PretrainedConfig, visual_per_layer: Sequence[int], text_tokens: int) -> float:
+    """The visual-token count ``v`` for which every layer on ``text_tokens + v`` tokens costs what the layers cost
+    on ``text_tokens + visual_per_layer[i]`` (lm_head excluded: it is the same for both).
+
+    A layer costs ``a n + b n^2`` on n tokens (a: projections and MLP per token, b = 4Hh: attention), so
+    ``v = (-a + sqrt(a^2 + 4 b C / depth)) / (2 b) - text_tokens`` with C the summed layer cost. Because attention is
+    quadratic, ``v`` lies between the mean of ``visual_per_layer`` and its maximum.
+    """
+    shape = _DecoderShape.from_config(text_config)
+    counts = _layer_tokens(shape, [text_tokens + visual for visual in visual_per_layer])
+    per_token = shape.layer(1, 0)
+    quadratic = 4 * shape.heads * shape.head_dim
+    mean_cost = sum(shape.layer(count, count) for count in counts) / shape.layers
+    tokens = (-per_token + math.sqrt(per_token**2 + 4 * quadratic * mean_cost)) / (2 * quadratic)
+    return tokens - text_tokens
+
+
+def with_layer_tokens(
+    breakdown: FlopsBreakdown,
+    text_config: PretrainedConfig,
+    visual_per_layer: Sequence[int],
+    text_tokens: int,
+    ranking_keys: Sequence[int] = (),
+    logits_to_keep: int = 1,
+) -> FlopsBreakdown:
+    """``breakdown`` with the language model's prefill and decode recounted for per-layer visual tokens.
+
+    Args:
+        breakdown: a request's breakdown as the family computes it (vision, projector, pre-LLM pruning).
+        visual_per_layer: visual tokens each layer holds (see ``LLMPruning.visual_per_layer``).
+        text_tokens: the prompt's text tokens (every layer holds them).
+        ranking_keys: for every boundary that ranks tokens, the keys the last query is scored against (the prompt
+            tokens of the layer before it); their products are added to ``pruning``.
+        logits_to_keep: as for :func:`prefill_flops`.
+
+    Also fills ``visual_tokens_mean`` and ``visual_tokens_equivalent``. With equal counts everywhere and no
+    ranking, the FLOPs are unchanged.
+    """
+    shape = _DecoderShape.from_config(text_config)
+    prompt = [text_tokens + visual for visual in visual_per_layer]
+    ranking = sum(ranking_flops(text_config, keys) for keys in ranking_keys)
+    return replace(
+        breakdown,
+        prefill=float(staged_prefill_flops(text_config, prompt, logits_to_keep)),
+        decode_per_token=float(staged_decode_flops(text_config, prompt)),
+        decode_growth=float(4 * shape.layers * shape.heads * shape.head_dim),
+        pruning=breakdown.pruning + float(ranking),
+        visual_tokens_mean=sum(visual_per_layer) / len(visual_per_layer),
+        visual_tokens_equivalent=pre_llm_equivalent(text_config, visual_per_layer, text_tokens),
+    )

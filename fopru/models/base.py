@@ -19,15 +19,17 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from fopru.efficiency.flops import FlopsBreakdown
+from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
 from fopru.eval.timing import PhaseTimer
 from fopru.layout import VisualLayout
 from fopru.models.loading import resolve_checkpoint, torch_dtype
+from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
+from fopru.strategies.base import PruningStrategy, StrategyInputs
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline
@@ -42,11 +44,14 @@ class KeptImage:
         indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
             representative), the same order.
         num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
+        pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
+            and the merge product; the tap and the projector are counted by the adapter).
     """
 
     embeddings: torch.Tensor
     indices: torch.Tensor
     num_tokens: int
+    pruning_flops: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class LanguageInputs:
         visual_tokens: (B,) int64, visual tokens per sample that reach the language model.
         images: every image's kept tokens, in batch order.
         images_per_sample: how many of ``images`` belong to each sample, in order.
+        visual_mask: (B, L) bool, True where a visual token sits (in-LLM pruning drops only those); ``None`` when
+            the inputs were built by hand.
     """
 
     inputs_embeds: torch.Tensor
@@ -68,6 +75,7 @@ class LanguageInputs:
     visual_tokens: torch.Tensor
     images: tuple[KeptImage, ...]
     images_per_sample: tuple[int, ...]
+    visual_mask: torch.Tensor | None = None
 
     @property
     def text_tokens(self) -> torch.Tensor:
@@ -96,12 +104,18 @@ class Generation:
         inputs: the prefill inputs (kept visual tokens, positions) that produced them.
         prompt_cache_length: cached positions right after prefill: the left-padded prompt length L (for one sample,
             text + kept visual tokens).
+        layer_cache_lengths: cached positions of every language-model layer right after prefill (all equal to
+            ``prompt_cache_length`` without in-LLM pruning; later layers hold fewer with it).
+        survivors: with in-LLM pruning, one (B, L) bool mask over the prefill sequence per boundary: the prompt
+            positions still present after it.
     """
 
     tokens: torch.Tensor
     texts: list[str]
     inputs: LanguageInputs
     prompt_cache_length: int
+    layer_cache_lengths: tuple[int, ...] = ()
+    survivors: tuple[torch.Tensor, ...] = ()
 
 
 def assemble_sequences(
@@ -129,7 +143,7 @@ def assemble_sequences(
     Samples are re-padded on the left to the longest pruned sequence.
     """
     image_iter = iter(images)
-    rows: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
     images_per_sample: list[int] = []
     for sample in range(input_ids.shape[0]):
         real = attention_mask[sample].bool()
@@ -139,6 +153,7 @@ def assemble_sequences(
         placeholders = (ids == image_token_id).nonzero().flatten().tolist()
         pieces: list[torch.Tensor] = []
         piece_positions: list[torch.Tensor] = []
+        piece_visual: list[torch.Tensor] = []
         cursor = 0
         visual = 0
         images_per_sample.append(0)
@@ -160,38 +175,45 @@ def assemble_sequences(
             images_per_sample[-1] += 1
             pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
             piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
+            piece_visual += [
+                ids.new_zeros(start - cursor, dtype=torch.bool),
+                ids.new_ones(image.embeddings.shape[0], dtype=torch.bool),
+            ]
             visual += image.embeddings.shape[0]
             cursor = start + image.num_tokens
         pieces.append(embeds[cursor:])
         piece_positions.append(sample_positions[:, cursor:])
+        piece_visual.append(ids.new_zeros(ids.shape[0] - cursor, dtype=torch.bool))
         sequence = torch.cat(pieces)
         sequence_positions = torch.cat(piece_positions, dim=1)
         if positions == "compact":
             sequence_positions = torch.arange(sequence.shape[0], device=sequence.device).expand_as(sequence_positions)
-        rows.append((sequence, sequence_positions, visual))
+        rows.append((sequence, sequence_positions, visual, torch.cat(piece_visual)))
     if next(image_iter, None) is not None:
         raise ConfigError("more images were given than the prompts have placeholders for")
     return _left_pad(rows, tuple(images), tuple(images_per_sample))
 
 
 def _left_pad(
-    rows: list[tuple[torch.Tensor, torch.Tensor, int]],
+    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]],
     images: tuple[KeptImage, ...],
     images_per_sample: tuple[int, ...],
 ) -> LanguageInputs:
-    length = max(sequence.shape[0] for sequence, _, _ in rows)
+    length = max(sequence.shape[0] for sequence, _, _, _ in rows)
     batch = len(rows)
-    first_sequence, first_positions, _ = rows[0]
+    first_sequence, first_positions, _, _ = rows[0]
     embeds = first_sequence.new_zeros((batch, length, first_sequence.shape[1]))
     mask = torch.zeros((batch, length), dtype=torch.long, device=first_sequence.device)
     position_ids = torch.ones((first_positions.shape[0], batch, length), dtype=torch.long, device=first_sequence.device)
-    for sample, (sequence, sequence_positions, _) in enumerate(rows):
+    visual_mask = torch.zeros((batch, length), dtype=torch.bool, device=first_sequence.device)
+    for sample, (sequence, sequence_positions, _, is_visual) in enumerate(rows):
         pad = length - sequence.shape[0]
         embeds[sample, pad:] = sequence
         mask[sample, pad:] = 1
         position_ids[:, sample, pad:] = sequence_positions
-    visual = torch.tensor([count for _, _, count in rows], device=first_sequence.device)
-    return LanguageInputs(embeds, mask, position_ids, visual, images, images_per_sample)
+        visual_mask[sample, pad:] = is_visual
+    visual = torch.tensor([count for _, _, count, _ in rows], device=first_sequence.device)
+    return LanguageInputs(embeds, mask, position_ids, visual, images, images_per_sample, visual_mask)
 
 
 class TargetModel(ABC):
@@ -215,6 +237,8 @@ class TargetModel(ABC):
     processor_class: Any
     #: The user turn when the processor has no chat template; ``{text}`` is the benchmark's prompt.
     prompt_template: str = "USER: <image>\n{text} ASSISTANT:"
+    #: A later user turn of the same conversation (training conversations), appended after ``</s>``.
+    follow_up_template: str = "USER: {text} ASSISTANT:"
     #: Position modes this family supports (Qwen's M-RoPE only supports ``original``).
     position_modes: tuple[str, ...] = ("compact", "original")
 
@@ -244,6 +268,13 @@ class TargetModel(ABC):
     def build_tiny(self, folder: Path) -> None:
         """Save a seeded random tiny model and its processor into ``folder`` (test fixtures only)."""
         raise ConfigError(f"{type(self).__name__} has no tiny fixture")
+
+    def build_untrained(self, folder: Path, seed: int) -> None:
+        """Save the family's untrained architecture and processor into ``folder``, for ``stage=train``."""
+        raise ConfigError(
+            f"{type(self).__name__} ({self.checkpoint}) cannot be trained from scratch: stage=train needs a model "
+            "whose untrained architecture the framework builds, such as model=mini_llava"
+        )
 
     def load(self) -> TargetModel:
         """Load model and processor (once)."""
@@ -287,6 +318,11 @@ class TargetModel(ABC):
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
 
+    def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """Image ``image`` of a prepared batch as the vision encoder sees it ((H, W, 3) uint8) and the patch grid its
+        visual tokens index (row-major), for figures of kept patches; ``None`` for families without a single grid."""
+        return None
+
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
@@ -295,6 +331,26 @@ class TargetModel(ABC):
         Families implement it with :mod:`fopru.efficiency`; the default says which family lacks it.
         """
         raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
+
+    def with_llm_pruning(
+        self, breakdowns: list[FlopsBreakdown], inputs: LanguageInputs, pipeline: PruningPipeline
+    ) -> list[FlopsBreakdown]:
+        """The families' breakdowns with the language model recounted layer by layer for ``pipeline.llm_pruning``
+        (unchanged FLOPs without it), and the mean and pre-LLM-equivalent visual tokens filled in."""
+        method = pipeline.llm_pruning
+        config = self.model.config
+        depth = int(config.get_text_config().num_hidden_layers)
+        result = []
+        for sample, breakdown in enumerate(breakdowns):
+            visual, text = int(inputs.visual_tokens[sample]), int(inputs.text_tokens[sample])
+            per_layer = method.visual_per_layer(visual, depth, pipeline.budget)
+            ranking = []
+            for drop in method.schedule(visual, depth, pipeline.budget):
+                before = per_layer[drop.layer - 1]
+                if 0 < min(drop.kept, before) < before:  # the generation ranks only when some but not all survive
+                    ranking.append(text + before)
+            result.append(with_layer_tokens(breakdown, config, per_layer, text, ranking))
+        return result
 
     # -- shared --------------------------------------------------------------------------------------------
     def check_positions(self, positions: str) -> None:
@@ -371,26 +427,54 @@ class TargetModel(ABC):
                 inputs.position_ids, inputs.attention_mask, DynamicCache(), inputs_embeds=inputs.inputs_embeds
             )
 
+    def staged_decoder(self) -> StagedDecoder:
+        """The language model as decoder layers and lm_head, for in-LLM pruning (every family nests it the same)."""
+        return StagedDecoder(self.model.model.language_model, self.model.lm_head)
+
     def generate(
         self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline, max_new_tokens: int = 16
     ) -> Generation:
-        """Greedy decoding after pruning; the KV cache holds only text and kept visual tokens."""
+        """Greedy decoding after pruning; the KV cache holds only text and kept visual tokens.
+
+        With an in-LLM method (``pipeline.llm_pruning``), the language model runs segment by segment
+        (:class:`~fopru.models.staged.StagedDecoder`): visual tokens leave the sequence at its boundaries and the
+        cache of every later layer holds only the survivors. Without one, the stock forward runs.
+        """
         self.check_positions(pipeline.reorder.positions)
         tokenizer = self.processor.tokenizer
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        staged = self.staged_decoder() if pipeline.llm_pruning.active else None
+        segments: list[Segment] = []
         with torch.no_grad():
             inputs = self.prefill_inputs(batch, pipeline)
             cache = DynamicCache()
             with self.phase("prefill"):
-                logits = self.language_forward(
-                    inputs.position_ids,
-                    inputs.attention_mask,
-                    cache,
-                    inputs_embeds=inputs.inputs_embeds,
-                    logits_to_keep=1,
-                )
+                if staged is None:
+                    logits = self.language_forward(
+                        inputs.position_ids,
+                        inputs.attention_mask,
+                        cache,
+                        inputs_embeds=inputs.inputs_embeds,
+                        logits_to_keep=1,
+                    )
+                else:
+                    if inputs.visual_mask is None:
+                        raise ConfigError("in-LLM pruning needs the inputs' visual_mask (built by assemble_sequences)")
+                    schedules = [
+                        pipeline.llm_pruning.schedule(int(visual), staged.depth, pipeline.budget)
+                        for visual in inputs.visual_tokens.tolist()
+                    ]
+                    logits, segments = staged.prefill(
+                        inputs.inputs_embeds,
+                        inputs.attention_mask,
+                        inputs.position_ids,
+                        inputs.visual_mask,
+                        schedules,
+                        cache,
+                    )
             prompt_cache_length = cache.get_seq_length()
+            layer_cache_lengths = tuple(cache.get_seq_length(layer) for layer in range(len(cache.layers)))
             token = logits[:, -1].argmax(dim=-1)
             finished = token == eos
             generated = [token]
@@ -402,14 +486,28 @@ class TargetModel(ABC):
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 step_positions = position[None, :, None].expand(inputs.position_ids.shape[0], -1, 1)
                 with self.phase("decode"):
-                    logits = self.language_forward(step_positions, mask, cache, input_ids=token[:, None])
+                    if staged is None:
+                        logits = self.language_forward(step_positions, mask, cache, input_ids=token[:, None])
+                    else:
+                        logits = staged.decode(token[:, None], step_positions, segments, cache)
                 position = position + 1
                 token = logits[:, -1].argmax(dim=-1).masked_fill(finished, pad)
                 finished = finished | (token == eos)
                 generated.append(token)
         tokens = torch.stack(generated, dim=1)
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return Generation(tokens, [text.strip() for text in texts], inputs, prompt_cache_length)
+        survivors = tuple(_survivors(segment, inputs.attention_mask.shape[1]) for segment in segments[1:])
+        return Generation(
+            tokens, [text.strip() for text in texts], inputs, prompt_cache_length, layer_cache_lengths, survivors
+        )
+
+
+def _survivors(segment: Segment, length: int) -> torch.Tensor:
+    """(B, length) bool: the prefill positions a segment holds."""
+    index = segment.prompt_index
+    present = torch.zeros((index.shape[0], length + 1), dtype=torch.bool, device=index.device)
+    present.scatter_(1, index.masked_fill(index < 0, length), True)
+    return present[:, :length]
 
 
 def prune_images(
@@ -418,11 +516,92 @@ def prune_images(
     features: torch.Tensor,
     layout: VisualLayout,
     project: Callable[[torch.Tensor], torch.Tensor],
+    text: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[KeptImage]:
-    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image."""
-    pruned = pipeline.prune(attention, features, layout)
-    embeddings = project(pruned.selection.gather(features))
+    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
+
+    ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
+    it (``needs_text``). For strategies that read the projected tokens (``needs_projected``) all N tokens are
+    projected once and a pure selection takes its tokens from them (no second projection). An adaptive strategy's
+    images keep different counts: each :class:`KeptImage` holds its own.
+    """
+    strategy = pipeline.strategy
+    projected = project(features) if strategy.needs_projected else None
+    inputs = StrategyInputs(
+        projected=projected,
+        text=text[0] if text is not None and strategy.needs_text else None,
+        text_mask=text[1] if text is not None and strategy.needs_text else None,
+    )
+    selection = pipeline.prune(attention, features, layout, inputs).selection
+    if projected is not None and selection.weights is None:
+        embeddings = selection.gather(projected)
+    else:
+        embeddings = project(selection.gather(features))
+    counts = selection.kept_per_sample.tolist()
+    # The merge product weights @ features: (k x N) @ (N x D) per image.
+    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
     return [
-        KeptImage(embeddings[image], pruned.selection.indices[image], layout.num_tokens)
-        for image in range(features.shape[0])
+        KeptImage(
+            embeddings[image, :count],
+            selection.indices[image, :count],
+            layout.num_tokens,
+            selection.flops + merge * count,
+        )
+        for image, count in enumerate(counts)
     ]
+
+
+def projector_tokens(strategy: PruningStrategy, num_tokens: int, kept: int) -> int:
+    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
+    ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
+    strategy also merges)."""
+    if not strategy.needs_projected:
+        return kept
+    return num_tokens + (kept if strategy.merges else 0)
+
+
+def prompt_text(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_token_id: int,
+    placeholders: Sequence[int],
+    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's prompt text in the language model's input space, for text-guided strategies.
+
+    Args:
+        input_ids, attention_mask: the processor's (B, L) prompts.
+        image_token_id: the image placeholder id.
+        placeholders: every image's placeholder count, in the order images appear across the batch (how images
+            are matched to samples).
+        embed_tokens: the language model's input embedding.
+
+    Returns:
+        (I, T, D) embeddings of the real non-placeholder tokens of each image's sample (right-padded with zeros)
+        and their (I, T) bool mask.
+    """
+    texts: list[torch.Tensor] = []
+    image = 0
+    for sample in range(input_ids.shape[0]):
+        ids = input_ids[sample, attention_mask[sample].bool()]
+        is_image = ids == image_token_id
+        remaining = int(is_image.sum())
+        embedded = embed_tokens(ids[~is_image])
+        while remaining > 0:
+            if image >= len(placeholders):
+                raise ConfigError(f"sample {sample} has more image placeholders than the images given")
+            remaining -= placeholders[image]
+            texts.append(embedded)
+            image += 1
+    if image != len(placeholders):
+        raise ConfigError(f"{len(placeholders)} images were given but the prompts hold placeholders for {image}")
+    if not texts:
+        raise ConfigError("text-guided pruning needs at least one image in the batch")
+    length = max(1, *(text.shape[0] for text in texts))
+    width = texts[0].shape[-1]
+    embeddings = torch.zeros((len(texts), length, width), dtype=torch.float32, device=input_ids.device)
+    mask = torch.zeros((len(texts), length), dtype=torch.bool, device=input_ids.device)
+    for row, text in enumerate(texts):
+        embeddings[row, : text.shape[0]] = text.float()
+        mask[row, : text.shape[0]] = True
+    return embeddings, mask

@@ -14,7 +14,15 @@ from transformers import LlavaForConditionalGeneration, LlavaProcessor
 from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, TargetModel, assemble_sequences, prune_images
+from fopru.models.base import (
+    KeptImage,
+    LanguageInputs,
+    TargetModel,
+    assemble_sequences,
+    projector_tokens,
+    prompt_text,
+    prune_images,
+)
 from fopru.models.tiny.llava import build_tiny_llava
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
@@ -76,6 +84,15 @@ class LlavaAdapter(TargetModel):
         side = vision.image_size // vision.patch_size
         return side, side
 
+    def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """Image ``image`` of a prepared batch as the vision tower sees it ((H, W, 3) uint8, after resizing and
+        cropping) and its patch grid: what figures of kept patches draw on."""
+        processor = self.processor.image_processor
+        mean = torch.tensor(processor.image_mean)[:, None, None]
+        std = torch.tensor(processor.image_std)[:, None, None]
+        pixels = batch["pixel_values"][image].detach().float().cpu() * std + mean
+        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0), self.grid()
+
     def check_features(self) -> None:
         """Refuse feature settings the adapter does not handle: [CLS] kept, or several feature layers."""
         config = self.model.config
@@ -91,7 +108,7 @@ class LlavaAdapter(TargetModel):
     ) -> tuple[torch.Tensor, AttentionSummary | None]:
         """(C, n, D_vision) patch features of the layer the projector reads ([CLS] dropped) and the tap's summary."""
         self.check_features()
-        with self.phase("vision"), self.tap(pipeline.significance, has_cls=True) as tap:
+        with self.phase("vision"), self.tap(pipeline.attention_source, has_cls=True) as tap:
             vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
         features = vision.hidden_states[self.model.config.vision_feature_layer][:, 1:]
         return features, tap.summary() if tap is not None else None
@@ -117,25 +134,43 @@ class LlavaAdapter(TargetModel):
         features, attention = self.encode(batch["pixel_values"], pipeline)
         layout = VisualLayout.from_grid(self.grid(), has_cls=True)
         with self.phase("pruning"):
-            images = prune_images(pipeline, attention, features, layout, self.model.model.multi_modal_projector)
+            text = self.prompt_text(batch, pipeline, [layout.num_tokens] * features.shape[0])
+            projector = self.model.model.multi_modal_projector
+            images = prune_images(pipeline, attention, features, layout, projector, text)
             return self.assemble(batch, images, positions)
+
+    def prompt_text(
+        self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline, placeholders: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each image's prompt text embeddings for strategies that read them (``needs_text``), else ``None``."""
+        if not pipeline.strategy.needs_text:
+            return None
+        return prompt_text(
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.model.config.image_token_id,
+            placeholders,
+            self.model.get_input_embeddings(),
+        )
 
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
-        """Per sample: vision tower on its images, tap and merge cost, projector and LLM on the kept tokens."""
+        """Per sample: vision tower on its images, tap and the strategy's own products (similarities, merge),
+        projector on the kept tokens (on all N for strategies that read projected tokens), LLM on the kept tokens."""
         config = self.model.config
         vision = config.vision_config
         rows, cols = self.grid()
         patches, width = rows * cols, vision.hidden_size
         # The tap multiplies the tapped layer's queries by its keys: (N + 1)^2 pairs of width d per image.
-        tap = 2 * (patches + 1) ** 2 * width if pipeline.significance.reduction is not None else 0
+        tap = 2 * (patches + 1) ** 2 * width if pipeline.attention_source.reduction is not None else 0
         breakdowns = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):
-            images = inputs.images_per_sample[sample]
-            merge = 2 * visual * patches * width if pipeline.strategy.merges else 0
+            kept = inputs.sample_images(sample)
+            projected = sum(projector_tokens(pipeline.strategy, image.num_tokens, len(image.indices)) for image in kept)
             base = llava_flops(
-                config, int(visual), int(inputs.text_tokens[sample]), images=images, projector_tokens=int(visual)
+                config, int(visual), int(inputs.text_tokens[sample]), images=len(kept), projector_tokens=projected
             )
-            breakdowns.append(replace(base, pruning=float(images * tap + merge)))
-        return breakdowns
+            pruning = len(kept) * tap + sum(image.pruning_flops for image in kept)
+            breakdowns.append(replace(base, pruning=float(pruning)))
+        return self.with_llm_pruning(breakdowns, inputs, pipeline)

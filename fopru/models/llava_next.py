@@ -15,7 +15,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, prune_images
+from fopru.models.base import KeptImage, LanguageInputs, projector_tokens, prune_images
 from fopru.models.llava import LlavaAdapter
 from fopru.models.tiny.llava_next import build_tiny_llava_next
 from fopru.significance.attention import AttentionSummary
@@ -75,7 +75,7 @@ class AnyresPacking:
         indices = torch.cat([self.positions.to(order.device)[kept.indices], self.newlines.to(order.device)[kept_rows]])
         newlines = newline.to(kept.embeddings)[None].expand(kept_rows.shape[0], -1)
         embeddings = torch.cat([kept.embeddings, newlines])
-        return KeptImage(embeddings[keys], indices[keys], self.length)
+        return KeptImage(embeddings[keys], indices[keys], self.length, kept.pruning_flops)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -151,6 +151,9 @@ class LlavaNextAdapter(LlavaAdapter):
         positions = (~is_newline).nonzero().flatten()
         return AnyresPacking(base, (rows, cols), positions, sources[positions], newlines, int(sources.shape[0]))
 
+    def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        return None  # base grid plus tiles: no single grid to draw on
+
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         positions = self.resolve_positions(pipeline.reorder.positions)
         pixel_values = batch["pixel_values"]
@@ -164,12 +167,14 @@ class LlavaNextAdapter(LlavaAdapter):
         images: list[KeptImage] = []
         start = 0
         with self.phase("pruning"):
-            for count, image_size in zip(counts, image_sizes, strict=True):
-                packing = self.packing(count, image_size)
+            packings = [self.packing(count, image_size) for count, image_size in zip(counts, image_sizes, strict=True)]
+            text = self.prompt_text(batch, pipeline, [packing.length for packing in packings])
+            for image, (count, packing) in enumerate(zip(counts, packings, strict=True)):
                 sources = packing.sources.to(features.device)
                 crop_features = features[start : start + count].flatten(0, 1)[sources][None]
                 crop_attention = None if attention is None else _take(attention, start, count, sources)
-                (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector)
+                image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
+                (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector, image_text)
                 images.append(packing.add_newlines(kept, newline))
                 start += count
             return self.assemble(batch, images, positions)
@@ -178,25 +183,24 @@ class LlavaNextAdapter(LlavaAdapter):
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
         """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
-        grid tokens (image newlines are not projected), the merge product of merging strategies, the LLM on the
-        kept tokens with their newlines."""
+        grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens),
+        the strategy's own products (similarities, merge), the LLM on the kept tokens with their newlines."""
         config = self.model.config
         rows, cols = self.grid()
         patches, width = rows * cols, config.vision_config.hidden_size
-        tap_per_crop = 2 * (patches + 1) ** 2 * width if pipeline.significance.reduction is not None else 0
+        tap_per_crop = 2 * (patches + 1) ** 2 * width if pipeline.attention_source.reduction is not None else 0
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)
         breakdowns = []
         image = 0
         for sample in range(len(inputs.images_per_sample)):
-            crops = projected = merge = 0
+            crops = projected = strategy = 0
             for kept in inputs.sample_images(sample):
                 packing = self.packing(counts[image], image_sizes[image])
                 grid_kept = int((~torch.isin(kept.indices, packing.newlines.to(kept.indices.device))).sum())
                 crops += counts[image]
-                projected += grid_kept
-                if pipeline.strategy.merges:
-                    merge += 2 * grid_kept * packing.layout().num_tokens * width
+                projected += projector_tokens(pipeline.strategy, packing.layout().num_tokens, grid_kept)
+                strategy += kept.pruning_flops
                 image += 1
             base = llava_flops(
                 config,
@@ -205,8 +209,8 @@ class LlavaNextAdapter(LlavaAdapter):
                 images=crops,
                 projector_tokens=projected,
             )
-            breakdowns.append(replace(base, pruning=float(crops * tap_per_crop + merge)))
-        return breakdowns
+            breakdowns.append(replace(base, pruning=float(crops * tap_per_crop + strategy)))
+        return self.with_llm_pruning(breakdowns, inputs, pipeline)
 
 
 def _take(attention: AttentionSummary, start: int, count: int, sources: torch.Tensor) -> AttentionSummary:
@@ -219,4 +223,5 @@ def _take(attention: AttentionSummary, start: int, count: int, sources: torch.Te
         received=pick(attention.received),
         paid=pick(attention.paid),
         cls=None if attention.cls is None else pick(attention.cls),
+        keys=None if attention.keys is None else attention.keys[start : start + count].flatten(0, 1)[sources][None],
     )

@@ -32,7 +32,7 @@ from transformers import (
 from fopru.efficiency.flops import FlopsBreakdown, qwen2_vl_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, TargetModel, assemble_sequences, prune_images
+from fopru.models.base import KeptImage, LanguageInputs, TargetModel, assemble_sequences, prompt_text, prune_images
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
@@ -219,10 +219,19 @@ class Qwen2VLAdapter(TargetModel):
     # -- prefill ---------------------------------------------------------------------------------------------
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         positions = self.resolve_positions(pipeline.reorder.positions)
-        features, summaries = self.encode_images(batch, pipeline.significance)
+        features, summaries = self.encode_images(batch, pipeline.attention_source)
         merge = self.merge_size
         images: list[KeptImage] = []
         with self.phase("pruning"):
+            text = None
+            if pipeline.strategy.needs_text:
+                text = prompt_text(
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    int(self.model.config.image_token_id),
+                    [embeddings.shape[0] for embeddings in features],
+                    self.model.get_input_embeddings(),
+                )
             for image, (embeddings, (_, rows, cols)) in enumerate(
                 zip(features, batch["image_grid_thw"].tolist(), strict=True)
             ):
@@ -230,7 +239,8 @@ class Qwen2VLAdapter(TargetModel):
                     embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge
                 )
                 attention = summaries[image] if summaries is not None else None
-                images += prune_images(pipeline, attention, embeddings[None], layout, _identity)
+                image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
+                images += prune_images(pipeline, attention, embeddings[None], layout, _identity, image_text)
             with torch.no_grad():
                 base_positions = self.unpruned_positions(batch)
             return assemble_sequences(
@@ -246,12 +256,14 @@ class Qwen2VLAdapter(TargetModel):
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
-        """Per sample: vision tower and merger on its images, tap and merge cost, the LLM on the kept tokens."""
+        """Per sample: vision tower and merger on its images, the tap, the strategy's own products (similarities,
+        merge), the LLM on the kept tokens. The merged tokens are already projected: no projector cost for any
+        strategy."""
         config = self.model.config
         width = config.vision_config.embed_dim if hasattr(config.vision_config, "embed_dim") else None
         width = width or config.vision_config.hidden_size
         grids = batch["image_grid_thw"].tolist()
-        reads_attention = pipeline.significance.reduction is not None
+        reads_attention = pipeline.attention_source.reduction is not None
         breakdowns = []
         first = 0
         for sample, count in enumerate(inputs.images_per_sample):
@@ -261,14 +273,9 @@ class Qwen2VLAdapter(TargetModel):
             base = qwen2_vl_flops(config, sample_grids, visual, int(inputs.text_tokens[sample]))
             # The tap multiplies the tapped block's queries by its keys, per image: patches^2 pairs of width d.
             tap = sum(2 * (t * h * w) ** 2 * width for t, h, w in sample_grids) if reads_attention else 0
-            # Merging strategies average merged tokens: a (k x n) @ (n x D) product per image.
-            merge = sum(
-                2 * image.embeddings.shape[0] * image.num_tokens * config.text_config.hidden_size
-                for image in inputs.sample_images(sample)
-                if pipeline.strategy.merges
-            )
-            breakdowns.append(replace(base, pruning=float(tap + merge)))
-        return breakdowns
+            strategy = sum(image.pruning_flops for image in inputs.sample_images(sample))
+            breakdowns.append(replace(base, pruning=float(tap + strategy)))
+        return self.with_llm_pruning(breakdowns, inputs, pipeline)
 
 
 def _identity(features: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -116,9 +117,11 @@ class VisionAttentionTap:
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
         with torch.no_grad():
-            self.summaries.append(
-                summarize_query_key(query, key, scaling, has_cls=self.has_cls, reduction=self.reduction)
-            )
+            summary = summarize_query_key(query, key, scaling, has_cls=self.has_cls, reduction=self.reduction)
+            # The patches' keys, heads concatenated: strategies that merge by key similarity read them.
+            first = 1 if self.has_cls else 0
+            keys = key[:, :, first:].transpose(1, 2).flatten(2).float()
+            self.summaries.append(replace(summary, keys=keys))
 
     def summary(self) -> AttentionSummary:
         """All recorded calls, concatenated along the batch dimension."""
@@ -127,8 +130,11 @@ class VisionAttentionTap:
         if len(self.summaries) == 1:
             return self.summaries[0]
         cls_rows = [part.cls for part in self.summaries]
+        key_rows = [part.keys for part in self.summaries]
+        same_width = len({row.shape[1] for row in key_rows if row is not None}) == 1
         return AttentionSummary(
             received=torch.cat([part.received for part in self.summaries]),
             paid=torch.cat([part.paid for part in self.summaries]),
             cls=None if any(row is None for row in cls_rows) else torch.cat(cls_rows),  # type: ignore[arg-type]
+            keys=torch.cat(key_rows) if same_width and all(row is not None for row in key_rows) else None,  # type: ignore[arg-type]
         )

@@ -57,11 +57,15 @@ class AttentionSummary:
         received: (B, N), ``s1[j] = mean_i A[i, j]``: attention each patch receives.
         paid: (B, N), ``s2[i] = mean_j A[i, j]``: attention each patch pays to the other patches.
         cls: (B, N), the [CLS] row restricted to patches (FasterVLM's criterion); ``None`` without [CLS].
+        keys: (B, N, H * h) the layer's keys of the patches, heads concatenated (token similarity for VisionZip
+            and PruMerge); ``None`` where the route does not provide them (a full attention matrix, or merged tokens
+            that have no single key).
     """
 
     received: torch.Tensor
     paid: torch.Tensor
     cls: torch.Tensor | None
+    keys: torch.Tensor | None = None
 
 
 def _split_cls(num_positions: int, has_cls: bool) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
 class KeepAllStrategy(PruningStrategy):
     """Keep every token in its original order, whatever the budget."""
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         batch, size = significance.shape
         return Selection(torch.arange(size, device=significance.device).expand(batch, -1).contiguous())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 from fopru.strategies.lattice import bin_edges, lattice_shape
 
 
@@ -18,7 +18,9 @@ class PoolStrategy(PruningStrategy):
 
     merges = True
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         batch, size = significance.shape
         count = budget.count(size, num_tokens)
         rows, cols = grid if grid is not None else (1, size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
 class RandomStrategy(PruningStrategy):
@@ -19,7 +19,9 @@ class RandomStrategy(PruningStrategy):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         count = budget.count(significance.shape[1], num_tokens)
         noise = torch.rand(significance.shape, generator=self.generator)
         return Selection(noise.argsort(dim=1)[:, :count].to(significance.device))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection, top_indices
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
 
 
 class RankStrategy(PruningStrategy):
     """Keep the ``max(1, floor(keep * n))`` most significant tokens of each span, most significant first."""
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         return Selection(top_indices(significance, budget.count(significance.shape[1], num_tokens)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection, top_indices
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
 
 
 class RowStrategy(PruningStrategy):
@@ -17,7 +17,9 @@ class RowStrategy(PruningStrategy):
 
     needs_grid = True
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         assert grid is not None  # guaranteed by needs_grid
         rows, cols = grid
         batch = significance.shape[0]

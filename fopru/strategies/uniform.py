@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 from fopru.strategies.lattice import centers, lattice_shape
 
 
@@ -16,7 +16,9 @@ class UniformStrategy(PruningStrategy):
     grid the tokens are evenly strided along the sequence.
     """
 
-    def select_span(self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int) -> Selection:
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
         batch, size = significance.shape
         count = budget.count(size, num_tokens)
         if grid is None:

@@ -15,6 +15,7 @@ from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
 from fopru.models.base import Generation
 from fopru.models.llava import LlavaAdapter
+from fopru.strategies import VisionZipStrategy
 from tests.models.conftest import make_image, make_pipeline
 
 PROMPTS = ["USER: <image>\nwhat is the shape in this image ? ASSISTANT:", "USER: <image>\nwhat color ? ASSISTANT:"]
@@ -150,7 +151,19 @@ def test_an_unreachable_checkpoint_fails_fast_with_its_name(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "significance", "new_tokens"),
-    [("none", "focal", 1), ("rank", "focal", 1), ("row", "cls", 3), ("pool", "norm", 2), ("uniform", "uniform", 1)],
+    [
+        ("none", "focal", 1),
+        ("rank", "focal", 1),
+        ("row", "cls", 3),
+        ("pool", "norm", 2),
+        ("uniform", "uniform", 1),
+        ("visionzip", "focal", 2),
+        ("divprune", "norm", 1),
+        ("prumerge", "uniform", 1),  # the strategy alone asks for the tap
+        ("prumerge_plus", "cls", 1),
+        ("vispruner", "norm", 1),
+        ("adafv", "focal", 2),
+    ],
 )
 def test_analytic_flops_equal_a_counted_pruned_generation(
     adapter: LlavaAdapter, strategy: str, significance: str, new_tokens: int
@@ -162,3 +175,38 @@ def test_analytic_flops_equal_a_counted_pruned_generation(
     generation = generations[0]
     [breakdown] = adapter.flops(batch, generation.inputs, pipeline)
     assert breakdown.total(generation.tokens.shape[1]) == counted
+
+
+@pytest.mark.parametrize("strategy", ["prumerge", "prumerge_plus"])
+def test_adaptive_counts_reach_the_language_model_per_sample(adapter: LlavaAdapter, strategy: str) -> None:
+    """Each image keeps its own count; the batch carries each sample's count and generates what it generates alone."""
+    pipeline = make_pipeline(strategy, keep=0.5, significance="uniform")
+    together = adapter.generate(batch_of(adapter, [0, 1, 2]), pipeline, max_new_tokens=4)
+    counts = [image.embeddings.shape[0] for image in together.inputs.images]
+    assert together.inputs.visual_tokens.tolist() == counts
+    assert all(1 <= count <= 18 for count in counts)  # never above the budget: floor(0.5 * 36)
+    for position, seed in enumerate([0, 1, 2]):
+        alone = adapter.generate(batch_of(adapter, [seed]), pipeline, max_new_tokens=4)
+        assert alone.inputs.visual_tokens.tolist() == [counts[position]]
+        assert torch.equal(alone.inputs.images[0].indices, together.inputs.images[position].indices)
+        assert torch.equal(together.tokens[position, : alone.tokens.shape[1]], alone.tokens[0])
+
+
+def test_strategy_attention_without_a_reading_source_is_tapped(adapter: LlavaAdapter) -> None:
+    """significance=uniform reads no attention, yet VisionZip gets the [CLS] row of the feature layer."""
+    batch = batch_of(adapter, [0])
+    inputs = adapter.prefill_inputs(batch, make_pipeline("visionzip", keep=0.25, significance="uniform"))
+    reference = adapter.prefill_inputs(batch, make_pipeline("visionzip", keep=0.25, significance="cls"))
+    assert torch.equal(inputs.images[0].indices, reference.images[0].indices)
+    tower = adapter.model.model.vision_tower
+    tower.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = tower(batch["pixel_values"], output_attentions=True).attentions
+    finally:
+        tower.set_attn_implementation("sdpa")
+    cls_row = attentions[-2][0].mean(dim=0)[0, 1:]  # head mean of the [CLS] row over the 36 patches
+    dominant = VisionZipStrategy().split(9)[0]  # floor(0.25 * 36) = 9 tokens: 8 dominant, 1 contextual
+    expected = cls_row.topk(dominant).indices.sort().values
+    kept = inputs.images[0].indices
+    assert set(expected.tolist()) <= set(kept.tolist()) and kept.shape[0] == 9

@@ -240,7 +240,19 @@ def test_real_checkpoint_fails_fast_offline(name: str, checkpoint: str) -> None:
 
 @pytest.mark.parametrize("sample", [0, 1])
 @pytest.mark.parametrize(
-    ("strategy", "significance"), [("none", "focal"), ("rank", "cls"), ("row", "focal"), ("pool", "norm")]
+    ("strategy", "significance"),
+    [
+        ("none", "focal"),
+        ("rank", "cls"),
+        ("row", "focal"),
+        ("pool", "norm"),
+        ("visionzip", "focal"),
+        ("divprune", "norm"),
+        ("prumerge", "uniform"),
+        ("prumerge_plus", "cls"),
+        ("vispruner", "focal"),
+        ("adafv", "norm"),
+    ],
 )
 def test_analytic_flops_equal_a_counted_pruned_generation(
     adapter: LlavaNextAdapter, strategy: str, significance: str, sample: int

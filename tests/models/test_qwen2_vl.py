@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fopru.components import CONFIG_DIR, load
+from fopru.components import CONFIG_DIR, choices, load
 from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
@@ -285,7 +285,20 @@ def test_a_real_checkpoint_fails_fast_offline(name: str) -> None:
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.parametrize(("strategy", "significance"), [("none", "focal"), ("rank", "focal"), ("pool", "norm")])
+@pytest.mark.parametrize(
+    ("strategy", "significance"),
+    [
+        ("none", "focal"),
+        ("rank", "focal"),
+        ("pool", "norm"),
+        ("visionzip", "focal"),
+        ("divprune", "norm"),
+        ("prumerge", "uniform"),
+        ("prumerge_plus", "focal"),
+        ("vispruner", "norm"),
+        ("adafv", "focal"),
+    ],
+)
 def test_analytic_flops_equal_a_counted_pruned_generation(
     adapter: Qwen2VLAdapter, strategy: str, significance: str
 ) -> None:
@@ -295,3 +308,16 @@ def test_analytic_flops_equal_a_counted_pruned_generation(
     counted = counted_flops(lambda: generations.append(adapter.generate(batch, built, max_new_tokens=2)))
     [breakdown] = adapter.flops(batch, generations[0].inputs, built)
     assert breakdown.total(generations[0].tokens.shape[1]) == counted
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+@pytest.mark.parametrize("significance", ["focal", "norm"])  # with a tap, and without one the source asks for
+def test_every_strategy_and_source_runs_batched(adapter: Qwen2VLAdapter, strategy: str, significance: str) -> None:
+    """Every registered strategy on a batch of two images of different sizes (no [CLS]: saliency falls back to
+    the attention received)."""
+    built = make_pipeline(strategy, keep=0.25, significance=significance, positions="original")
+    generation = adapter.generate(batch_of(adapter, [0, 1]), built, max_new_tokens=2)
+    assert generation.tokens.shape[0] == 2
+    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
+    assert generation.inputs.visual_tokens.tolist() == kept
+    assert all(1 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from fopru.components import choices, load
 from fopru.errors import ConfigError
 from fopru.layout import Budget, VisualLayout
-from fopru.strategies import PruningStrategy, RankStrategy, RowStrategy
+from fopru.significance.attention import AttentionSummary
+from fopru.strategies import PruningStrategy, RankStrategy, RowStrategy, StrategyInputs
 from fopru.strategies.lattice import lattice_shape
 
 DETERMINISTIC = [name for name in choices("strategy") if name != "random"]
@@ -20,6 +21,38 @@ def scores(batch: int, tokens: int, seed: int = 0, levels: int | None = None) ->
     if levels is None:
         return torch.rand(batch, tokens, generator=generator)
     return torch.randint(0, levels, (batch, tokens), generator=generator).float()  # many ties
+
+
+def inputs_for(batch: int, tokens: int, seed: int = 0) -> StrategyInputs:
+    """Random inputs of every kind a strategy may ask for: features, attention with [CLS] and keys, projected
+    tokens and a right-padded text of three tokens."""
+    generator = torch.Generator().manual_seed(seed + 1000)
+    cls = torch.softmax(3 * torch.randn(batch, tokens, generator=generator), dim=1)
+    attention = AttentionSummary(cls, cls, cls, keys=torch.randn(batch, tokens, 6, generator=generator))
+    mask = torch.tensor([[True, True, False]]).expand(batch, -1)
+    return StrategyInputs(
+        features=torch.randn(batch, tokens, 5, generator=generator),
+        attention=attention,
+        projected=torch.randn(batch, tokens, 4, generator=generator),
+        text=torch.randn(batch, 3, 4, generator=generator),
+        text_mask=mask,
+    )
+
+
+def sample_of(inputs: StrategyInputs, sample: int) -> StrategyInputs:
+    """One sample of ``inputs`` as a batch of one."""
+    attention = inputs.attention
+    assert attention is not None and attention.cls is not None and attention.keys is not None
+    one = slice(sample, sample + 1)
+    return StrategyInputs(
+        features=None if inputs.features is None else inputs.features[one],
+        attention=AttentionSummary(
+            attention.received[one], attention.paid[one], attention.cls[one], keys=attention.keys[one]
+        ),
+        projected=None if inputs.projected is None else inputs.projected[one],
+        text=None if inputs.text is None else inputs.text[one],
+        text_mask=None if inputs.text_mask is None else inputs.text_mask[one],
+    )
 
 
 grids = st.tuples(st.integers(1, 9), st.integers(1, 9))
@@ -41,27 +74,41 @@ def test_every_registered_strategy_meets_the_contract(
 ) -> None:
     strategy = load("strategy", name, PruningStrategy)
     significance = scores(batch, layout.num_tokens, seed)
-    selection = strategy.select(significance, layout, Budget(keep=keep))
+    selection = strategy.select(significance, layout, Budget(keep=keep), inputs_for(batch, layout.num_tokens, seed))
     indices = selection.indices
     assert indices.dtype == torch.int64
     assert indices.shape == (batch, selection.kept)
     assert 1 <= selection.kept <= layout.num_tokens
     assert int(indices.min()) >= 0 and int(indices.max()) < layout.num_tokens
-    for row in indices:
-        assert len(set(row.tolist())) == selection.kept  # distinct
+    counts = selection.kept_per_sample.tolist()
+    assert (selection.counts is not None) <= strategy.adaptive  # only adaptive strategies vary the count
+    assert max(counts) == selection.kept and min(counts) >= 1
+    for row, count in zip(indices, counts, strict=True):
+        assert len(set(row[:count].tolist())) == count  # distinct
+        assert bool((row[count:] == row[count - 1]).all())  # padding repeats the last kept column
+    assert (selection.weights is not None) == strategy.merges
     if selection.weights is not None:
         assert selection.weights.shape == (batch, selection.kept, layout.num_tokens)
+        assert bool((selection.weights >= 0).all())
         torch.testing.assert_close(selection.weights.sum(-1), torch.ones(batch, selection.kept))
 
 
-@pytest.mark.parametrize("name", ["rank", "random", "uniform", "pool"])
-@given(layout=layouts, keep=keeps)
-def test_token_budget_strategies_stay_within_each_span_share(name: str, layout: VisualLayout, keep: float) -> None:
-    selection = load("strategy", name, PruningStrategy).select(scores(1, layout.num_tokens), layout, Budget(keep=keep))
+TOKEN_BUDGET = ["rank", "random", "uniform", "pool", "visionzip", "divprune", "prumerge", "prumerge_plus"]
+EXACT_BUDGET = ["rank", "random", "visionzip", "divprune", "vispruner", "adafv"]
+
+
+@pytest.mark.parametrize("name", sorted({*TOKEN_BUDGET, *EXACT_BUDGET}))
+@given(layout=layouts, keep=keeps, seed=st.integers(0, 99))
+def test_token_budget_strategies_stay_within_each_span_share(
+    name: str, layout: VisualLayout, keep: float, seed: int
+) -> None:
+    selection = load("strategy", name, PruningStrategy).select(
+        scores(2, layout.num_tokens, seed), layout, Budget(keep=keep), inputs_for(2, layout.num_tokens, seed)
+    )
     share = sum(expected_count(keep, r * c) for r, c in layout.grids or ())
-    assert selection.kept <= share
-    if name in ("rank", "random"):
-        assert selection.kept == share
+    assert int(selection.kept_per_sample.max()) <= share
+    if name in EXACT_BUDGET:
+        assert selection.kept_per_sample.tolist() == [share, share]
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -69,10 +116,14 @@ def test_token_budget_strategies_stay_within_each_span_share(name: str, layout: 
 def test_batch_equals_a_per_sample_loop(name: str, layout: VisualLayout, keep: float, seed: int) -> None:
     strategy = load("strategy", name, PruningStrategy)
     significance = scores(3, layout.num_tokens, seed, levels=4)
-    batched = strategy.select(significance, layout, Budget(keep=keep))
+    inputs = inputs_for(3, layout.num_tokens, seed)
+    batched = strategy.select(significance, layout, Budget(keep=keep), inputs)
     for sample in range(3):
-        alone = strategy.select(significance[sample : sample + 1], layout, Budget(keep=keep))
-        assert torch.equal(batched.indices[sample], alone.indices[0])
+        alone = strategy.select(significance[sample : sample + 1], layout, Budget(keep=keep), sample_of(inputs, sample))
+        assert alone.counts is None
+        assert torch.equal(batched.sample(sample).indices, alone.indices)
+        if alone.weights is not None:
+            torch.testing.assert_close(batched.sample(sample).weights, alone.weights)
 
 
 @given(tokens=st.integers(1, 80), keep=keeps, seed=st.integers(0, 99), levels=st.sampled_from([2, 5, None]))

@@ -1,0 +1,150 @@
+"""The in-LLM pruning contract: which visual tokens leave the language model's sequence, and after which layer.
+
+A second insertion point beside the pre-LLM pipeline (significance -> strategy -> reorder): in-LLM methods let the
+visual tokens that reached the language model through its first layers, then drop some of them at one or more
+*boundaries*. A boundary at layer ``b`` ranks the visual tokens by the attention the prompt's last token pays them
+in layer ``b - 1`` (heads averaged, softmax over all keys), and layers ``b, b + 1, ...`` (and their KV cache) only
+see the survivors. Methods here are pure tensor code: they get scores and masks, never a model.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fopru.errors import ConfigError
+from fopru.layout import Budget
+
+#: A layer given as an absolute count of full layers (int >= 1) or as a fraction of the depth (float in (0, 1)).
+LayerSpec = int | float
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One boundary of one sample's schedule.
+
+    Attributes:
+        layer: the first layer that no longer sees the dropped tokens (1 <= layer < depth); tokens are ranked by the
+            attention of layer ``layer - 1``.
+        kept: visual tokens that survive this boundary (at most the count before it; 0 withdraws all of them).
+    """
+
+    layer: int
+    kept: int
+
+
+def check_layer_spec(name: str, value: LayerSpec) -> LayerSpec:
+    """Refuse a layer that is neither an int >= 1 nor a fraction in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be an int >= 1 or a fraction of the depth in (0, 1), got {name}={value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(f"{name}={value} must be >= 1 (a count of full layers before the drop)")
+    if isinstance(value, float) and not 0 < value < 1:
+        raise ConfigError(
+            f"{name}={value} must be a fraction of the depth in (0, 1) or a whole number of layers (e.g. 2)"
+        )
+    return value
+
+
+def resolve_layer(name: str, value: LayerSpec, depth: int) -> int:
+    """The boundary layer for a language model of ``depth`` layers: an int as given (it must leave a layer after
+    it), a fraction rounded to the nearest layer and kept within [1, depth - 1], so that a fractional default fits
+    any model of at least 2 layers."""
+    layer = value if isinstance(value, int) else min(depth - 1, max(1, round(value * depth)))
+    if not 1 <= layer < depth:
+        raise ConfigError(
+            f"{name}={value} puts the drop after layer {layer}, but the language model has {depth} layers: choose "
+            f"1 <= {name} < {depth} (or a fraction of the depth)"
+        )
+    return layer
+
+
+def check_keep(name: str, value: float | None) -> float | None:
+    """An optional own budget: ``None`` (use the run's) or a fraction in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"{name} must be null (use the run's keep) or a fraction in (0, 1], got {name}={value!r}")
+    return float(value)
+
+
+def final_count(visual: int, budget: Budget, keep: float | None) -> int:
+    """Visual tokens kept after the last boundary: ``max(1, floor(keep * n))`` of the ``n`` that reached the LLM,
+    with the method's own ``keep`` when set, else the run's budget (``keep_tokens`` capped at ``n``)."""
+    if visual == 0:
+        return 0
+    if keep is not None:
+        budget = Budget(keep=keep)
+    elif budget.keep_tokens is not None and budget.keep_tokens > visual:
+        return visual
+    return budget.count(visual, visual)
+
+
+def rank_visual(scores: torch.Tensor, visual: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Which positions survive a boundary: every non-visual position, and each sample's ``kept`` visual positions
+    with the highest score (ties toward the lower position).
+
+    Args:
+        scores: (B, L) float, higher = more attended.
+        visual: (B, L) bool, the visual positions still in the sequence.
+        kept: (B,) int64, visual tokens to keep per sample (at most its visual count).
+
+    Returns:
+        (B, L) bool keep mask.
+    """
+    masked = scores.float().masked_fill(~visual, -math.inf)
+    order = masked.sort(dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
+    return ~visual | (ranks < kept[:, None].to(ranks.device))
+
+
+class LLMPruning(ABC):
+    """An in-LLM pruning method: a schedule of boundaries and how many visual tokens survive each.
+
+    Subclasses implement :meth:`schedule`. Ranking is shared (:func:`rank_visual` on the last token's attention),
+    so a method is fully described by its boundaries and counts; the counts depend only on the number of visual
+    tokens that reached the language model, which keeps FLOPs accounting analytic.
+    Constructor arguments are config-time numbers only.
+    """
+
+    #: False only for the no-op method: the language model then runs its stock forward.
+    active: bool = True
+
+    @abstractmethod
+    def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:
+        """The boundaries of a sample whose prompt brought ``visual`` visual tokens to a ``depth``-layer language
+        model: layers strictly increasing in [1, depth), counts non-increasing."""
+
+    def visual_per_layer(self, visual: int, depth: int, budget: Budget) -> tuple[int, ...]:
+        """Visual tokens each of the ``depth`` layers (and its KV cache) holds."""
+        counts = [visual] * depth
+        for drop in self.schedule(visual, depth, budget):
+            counts[drop.layer :] = [drop.kept] * (depth - drop.layer)
+        return tuple(counts)
+
+    def boundaries(self, depth: int, budget: Budget) -> tuple[int, ...]:
+        """The boundary layers (the same for every sample)."""
+        return tuple(drop.layer for drop in self.schedule(1, depth, budget))
+
+
+def resolve_boundaries(name: str, values: Sequence[LayerSpec], depth: int) -> tuple[int, ...]:
+    """Several boundaries for ``depth`` layers, strictly increasing. Fractions that round to the same layer on a
+    shallow model merge into one boundary (fewer stages); given ints must already increase strictly."""
+    layers: list[int] = []
+    for value in values:
+        layer = resolve_layer(name, value, depth)
+        if layers and layer == layers[-1] and isinstance(value, float):
+            continue
+        if layers and layer <= layers[-1]:
+            raise ConfigError(
+                f"{name}={list(values)} resolve to layers {[*layers, layer]} for a {depth}-layer language model; "
+                "boundaries must be strictly increasing"
+            )
+        layers.append(layer)
+    return tuple(layers)

@@ -1,0 +1,256 @@
+"""The language model run layer by layer, so that in-LLM pruning can drop visual tokens between layers.
+
+transformers' decoder forward runs every layer on one sequence. In-LLM methods (:mod:`fopru.llm_pruning`) need
+the sequence to shrink after some layers, with each later layer's KV cache holding only the survivors. This module
+drives the model's own modules (its decoder layers, rotary embedding, final norm, lm_head and
+``create_causal_mask``) over *segments* of layers: every segment has its own left-padded 2-D attention mask, sized
+against its first layer's cache, so layers keep different cache lengths through prefill and decode. Nothing of
+the layers' forward code is copied; with no boundary the result equals the stock forward (tested).
+
+The ranking scores at a boundary come from :class:`LastQueryAttention`: like the vision tap
+(:mod:`fopru.models.tap`), it swaps one attention module's kernel for a function registered through transformers'
+AttentionInterface that runs the module's own kernel (SDPA, FlashAttention or eager) unchanged and, next to it,
+multiplies only the last query by the keys. No layer falls back to eager attention.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from fopru.errors import ConfigError
+from fopru.llm_pruning.base import Drop, rank_visual
+from fopru.models.tap import VisionAttentionTap
+
+ROWS_IMPLEMENTATION = "fopru_last_query"
+
+
+def _last_query_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    probe: LastQueryAttention = getattr(module, "_fopru_last_query")  # noqa: B009 - typed for tensors otherwise
+    output = probe.kernel(module, query, key, value, attention_mask, **kwargs)
+    probe.record(query, key, kwargs.get("scaling"), attention_mask)
+    return output
+
+
+class LastQueryAttention:
+    """Context manager recording, for one attention module, the attention of the last query over all keys.
+
+    :attr:`rows` is (B, L) float32: the softmax probabilities of the last position's query against every key
+    (GQA key heads shared as the module shares them), masked as the module's own mask masks them, averaged over
+    heads. It equals the last row of eager attention's ``output_attentions`` weights, head-averaged. Only the
+    (B, H, 1, L) score block is formed.
+    """
+
+    def __init__(self, attention: nn.Module) -> None:
+        config = getattr(attention, "config", None)
+        if config is None or not hasattr(config, "_attn_implementation"):
+            raise ConfigError(f"{type(attention).__name__} has no transformers config; probe an attention module")
+        self.attention = attention
+        self.kernel = VisionAttentionTap._module_kernel(attention, config._attn_implementation)
+        self.rows: torch.Tensor | None = None
+        self._original_config: Any = None
+
+    def __enter__(self) -> LastQueryAttention:
+        if ROWS_IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(ROWS_IMPLEMENTATION, _last_query_attention)
+        self.rows = None
+        self._original_config = self.attention.config
+        probed = copy.copy(self._original_config)
+        probed._attn_implementation = ROWS_IMPLEMENTATION
+        self.attention.config = probed
+        setattr(self.attention, "_fopru_last_query", self)  # noqa: B010 - a plain attribute, not a submodule
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.attention.config = self._original_config
+        del self.attention._fopru_last_query
+
+    def record(
+        self, query: torch.Tensor, key: torch.Tensor, scaling: float | None, attention_mask: torch.Tensor | None
+    ) -> None:
+        """(B, H, q, d) queries and (B, K, L, d) keys of one call: keep the last query's head-averaged row."""
+        if scaling is None:
+            scaling = query.shape[-1] ** -0.5
+        with torch.no_grad():
+            last = query[:, :, -1:]
+            keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+            scores = torch.matmul(last, keys.transpose(-1, -2)).float() * scaling  # (B, H, 1, L)
+            if attention_mask is not None:
+                row = attention_mask[:, :, -1:, : keys.shape[-2]]
+                # SDPA masks are boolean (True = attend), eager ones additive.
+                scores = scores.masked_fill(~row, -torch.inf) if row.dtype == torch.bool else scores + row.float()
+            self.rows = scores.softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+@dataclass
+class Segment:
+    """Consecutive layers ``start <= i < stop`` that hold the same tokens.
+
+    Attributes:
+        start, stop: the layer range.
+        attention_mask: (B, L_s) int64, the segment's left-padded 2-D mask over its cached tokens; decode steps
+            append a column.
+        prompt_index: (B, L_s) int64, each cached prompt position's index in the prefill sequence (-1 on padding).
+    """
+
+    start: int
+    stop: int
+    attention_mask: torch.Tensor
+    prompt_index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StagedDecoder:
+    """A causal language model seen as its parts: the decoder (layers, rotary embedding, norm, config) and lm_head.
+
+    Works for every Llama-style decoder of transformers whose layers are called as
+    ``layer(hidden, attention_mask=..., position_embeddings=..., past_key_values=..., use_cache=...)`` with one
+    ``self_attn`` module each (Llama, Mistral, Qwen2, Qwen2-VL and Qwen2.5-VL text models). Positions are (P, B, L):
+    P = 1 for 1-D RoPE, 3 for M-RoPE.
+    """
+
+    decoder: Any  # the transformers decoder module: its submodules are looked up by name, untyped
+    lm_head: nn.Module
+
+    def __post_init__(self) -> None:
+        types = getattr(self.decoder.config, "layer_types", None) or []
+        if any(kind != "full_attention" for kind in types):
+            raise ConfigError(
+                f"in-LLM pruning supports full-attention language models only; this one has layer types {set(types)}"
+            )
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        layers = self.decoder.get_submodule("layers")
+        assert isinstance(layers, nn.ModuleList)
+        return layers
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def _rotary(self, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
+        return self.decoder.rotary_emb(hidden, positions[0] if positions.shape[0] == 1 else positions)
+
+    def _run(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rotary: Any,
+        cache: DynamicCache,
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """Layers ``start <= i < stop``, which hold the same tokens; the mask is sized against layer ``start``."""
+        mask = create_causal_mask(
+            config=self.decoder.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            layer_idx=start,
+        )
+        for index in range(start, stop):
+            hidden = self.layers[index](
+                hidden, attention_mask=mask, position_embeddings=rotary, past_key_values=cache, use_cache=True
+            )
+        return hidden
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.lm_head(self.decoder.norm(hidden[:, -1:]))
+        return logits
+
+    def prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        visual_mask: torch.Tensor,
+        schedules: Sequence[Sequence[Drop]],
+        cache: DynamicCache,
+    ) -> tuple[torch.Tensor, list[Segment]]:
+        """Run the prompt, dropping visual tokens at every boundary; returns last-position logits and segments.
+
+        Args:
+            inputs_embeds: (B, L, D) the left-padded prompt.
+            attention_mask: (B, L) 0 on padding.
+            position_ids: (P, B, L).
+            visual_mask: (B, L) bool, the visual positions.
+            schedules: one schedule per sample, all with the same boundary layers (counts may differ).
+            cache: an empty cache; layer i ends up holding the tokens of the segment containing i.
+        """
+        batch = inputs_embeds.shape[0]
+        if len(schedules) != batch:
+            raise ValueError(f"{len(schedules)} schedules for a batch of {batch}")
+        boundaries = [drop.layer for drop in schedules[0]]
+        if any([drop.layer for drop in schedule] != boundaries for schedule in schedules):
+            raise ValueError("every sample's schedule must have the same boundary layers")
+        device = inputs_embeds.device
+        real = attention_mask.bool()
+        index = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1).masked_fill(~real, -1)
+        segment = Segment(0, self.depth, attention_mask, index)
+        visual = visual_mask & real
+        hidden, positions = inputs_embeds, position_ids
+        segments: list[Segment] = []
+        for number, layer in enumerate(boundaries):
+            segment.stop = layer
+            kept = torch.tensor([schedule[number].kept for schedule in schedules], device=device)
+            kept = torch.minimum(kept, visual.sum(dim=1))
+            rotary = self._rotary(hidden, positions)
+            mask = segment.attention_mask
+            hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
+            if bool(((kept > 0) & (kept < visual.sum(dim=1))).any()):
+                with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
+                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                assert probe.rows is not None
+                scores = probe.rows
+            else:  # every visual token kept, or all withdrawn: no ranking needed
+                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                scores = torch.zeros(visual.shape, device=device)
+            keep = rank_visual(scores, visual, kept) & segment.attention_mask.bool()
+            order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, -int(keep.sum(dim=1).max()) :]
+            segments.append(segment)
+            hidden = hidden.gather(1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+            positions = positions.gather(2, order[None].expand(positions.shape[0], -1, -1))
+            survived = keep.gather(1, order)
+            visual = visual.gather(1, order) & survived
+            segment = Segment(
+                layer,
+                self.depth,
+                survived.to(attention_mask.dtype),
+                segment.prompt_index.gather(1, order).masked_fill(~survived, -1),
+            )
+        rotary = self._rotary(hidden, positions)
+        hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
+        segments.append(segment)
+        return self._logits(hidden), segments
+
+    def decode(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, segments: list[Segment], cache: DynamicCache
+    ) -> torch.Tensor:
+        """One step for (B, 1) tokens at (P, B, 1) positions through every segment; appends to each segment's mask."""
+        hidden = self.decoder.embed_tokens(input_ids)
+        rotary = self._rotary(hidden, position_ids)
+        for segment in segments:
+            segment.attention_mask = torch.cat(
+                [segment.attention_mask, segment.attention_mask.new_ones((input_ids.shape[0], 1))], dim=1
+            )
+            hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
+        return self._logits(hidden)

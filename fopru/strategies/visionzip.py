@@ -1,0 +1,78 @@
+"""VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models", CVPR 2025).
+
+Reimplemented from the paper's description; the original code (github.com/dvlab-research/VisionZip) is
+Apache-2.0 licensed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fopru.errors import ConfigError
+from fopru.layout import Budget, Grid
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
+
+
+class VisionZipStrategy(PruningStrategy):
+    """Dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
+
+    Of a span's budget k = ``max(1, floor(keep * n))``, ``d = max(1, round(dominant * k))`` tokens are *dominant*:
+    the highest [CLS]-to-patch attention of the tapped layer (the paper sums heads; the tap averages them, which
+    ranks identically). The other ``c = k - d`` are *contextual*: the remaining n - d tokens, in raster order, are
+    split into c targets taken with a uniform stride (every ``max(1, (n - d) // c)``-th, the first c of them) and
+    the rest, each of which joins the target whose key is most similar (cosine; ties to the earlier target); a
+    contextual token is the plain mean of its target and the tokens that joined it, at the target's position.
+
+    - Similarity uses the tapped layer's keys (heads concatenated), as the paper does with the layer LLaVA reads.
+      Where keys are not available on the N tokens (Qwen2-VL's merged tokens) the features are used instead.
+    - Without [CLS] (Qwen2-VL) dominance is the attention each token receives (``AttentionSummary.received``).
+    - ``dominant`` defaults to 54 / 64 = 0.84375, the paper's split (54 + 10 = 64, 108 + 20, 162 + 30).
+    Output: the dominant tokens by descending attention, then the contextual ones in raster order.
+    """
+
+    merges = True
+    needs_attention = True
+
+    def __init__(self, dominant: float = 0.84375) -> None:
+        if isinstance(dominant, bool) or not isinstance(dominant, int | float) or not 0 < dominant <= 1:
+            raise ConfigError(f"dominant={dominant!r} must be the dominant share of the budget, in (0, 1]")
+        self.dominant = float(dominant)
+
+    def split(self, count: int) -> tuple[int, int]:
+        """(dominant, contextual) token counts of a budget of ``count`` tokens."""
+        dominant = min(count, max(1, math.floor(self.dominant * count + 0.5)))
+        return dominant, count - dominant
+
+    def select_span(
+        self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
+    ) -> Selection:
+        batch, size = significance.shape
+        dominant_count, contextual = self.split(budget.count(size, num_tokens))
+        saliency = inputs.saliency(self.name)
+        dominant = top_indices(saliency, dominant_count)  # (B, d)
+        rows = torch.nn.functional.one_hot(dominant, size).float()
+        if contextual == 0:
+            return Selection(dominant, rows)
+        is_rest = torch.ones((batch, size), dtype=torch.bool, device=significance.device)
+        is_rest[torch.arange(batch, device=dominant.device)[:, None], dominant] = False
+        rest = torch.arange(size, device=dominant.device).expand(batch, -1)[is_rest].view(batch, size - dominant_count)
+        step = max(1, rest.shape[1] // contextual)
+        target_slots = torch.arange(contextual, device=rest.device) * step
+        is_target = torch.zeros(rest.shape[1], dtype=torch.bool, device=rest.device)
+        is_target[target_slots] = True
+        targets = rest[:, is_target]  # (B, c), raster order
+        others = rest[:, ~is_target]  # (B, m)
+        keys = torch.nn.functional.normalize(inputs.similarity_basis(self.name).float(), dim=-1)
+        width = keys.shape[-1]
+        target_keys = keys.gather(1, targets[:, :, None].expand(-1, -1, width))
+        other_keys = keys.gather(1, others[:, :, None].expand(-1, -1, width))
+        similarity = torch.matmul(other_keys, target_keys.transpose(1, 2))  # (B, m, c)
+        assignment = similarity.argmax(dim=2)  # first maximum: ties to the earlier target
+        members = torch.nn.functional.one_hot(targets, size).float()  # (B, c, n): each target itself ...
+        joined = torch.nn.functional.one_hot(assignment, contextual).float().transpose(1, 2)  # (B, c, m)
+        members.scatter_add_(2, others[:, None, :].expand(-1, contextual, -1), joined)  # ... plus who joined it
+        merged = members / members.sum(dim=2, keepdim=True)
+        flops = 2 * others.shape[1] * contextual * width
+        return Selection(torch.cat([dominant, targets], dim=1), torch.cat([rows, merged], dim=1), flops=flops)

@@ -1,0 +1,265 @@
+"""In-LLM pruning on every tiny family, against stock transformers: eager attention, a masked full-sequence
+reference run layer by layer without a cache, greedy decoding of that reference, and FlopCounterMode."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from transformers import DynamicCache
+
+from fopru.components import CONFIG_DIR, choices, load
+from fopru.efficiency import counted_flops
+from fopru.llm_pruning import FastV, LLMPruning, NoLLMPruning, PyramidDrop, VisualTokenWithdrawal
+from fopru.models.base import Generation, LanguageInputs, TargetModel
+from fopru.models.qwen2_vl import IMAGE_PROMPT
+from fopru.models.staged import LastQueryAttention
+from fopru.pipeline import PruningPipeline
+from tests.models.conftest import make_image, make_pipeline
+
+LLAVA_PROMPTS = (
+    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
+    "USER: <image>\nwhat color ? ASSISTANT:",
+)
+QWEN_PROMPTS = (
+    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
+    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
+)
+FAMILIES: dict[str, tuple[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]]] = {
+    # prompts, (width, height) of the two images
+    "tiny_llava": (LLAVA_PROMPTS, ((48, 48), (48, 48))),
+    "tiny_llava_next": (LLAVA_PROMPTS, ((70, 40), (50, 90))),
+    "tiny_qwen2_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
+    "tiny_qwen25_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
+}
+DEPTH = 4  # the tiny language models have 2 layers; a deeper copy lets PyramidDrop have several stages
+METHODS: list[LLMPruning] = [
+    FastV(layer=1, keep=0.5),
+    FastV(layer=2, keep=0.3),
+    VisualTokenWithdrawal(layer=2),
+    PyramidDrop(layers=(1, 2, 3), keep=0.125),
+]
+NEW_TOKENS = 5
+
+
+def deepen(adapter: TargetModel, depth: int = DEPTH) -> TargetModel:
+    """A copy of ``adapter`` whose language model has ``depth`` layers: the tiny weights where they exist (vision
+    tower, projector, embeddings, first layers), seeded random weights for the added layers."""
+    config = copy.deepcopy(adapter.model.config)
+    text = config.get_text_config()
+    text.num_hidden_layers = depth
+    if getattr(text, "layer_types", None):
+        text.layer_types = [text.layer_types[0]] * depth
+    torch.manual_seed(0)
+    model = type(adapter.model)(config).eval()
+    missing, unexpected = model.load_state_dict(adapter.model.state_dict(), strict=False)
+    assert not unexpected and all(".layers.2." in name or ".layers.3." in name for name in missing)
+    deeper = copy.copy(adapter)
+    deeper._model = model
+    return deeper
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
+    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
+    assert isinstance(built, TargetModel)
+    built.load()
+    return request.param, deepen(built)
+
+
+def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
+    prompts, sizes = FAMILIES[name]
+    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
+    return adapter.prepare(images, [prompts[seed] for seed in samples])
+
+
+def pipeline_with(method: LLMPruning) -> PruningPipeline:
+    return replace(make_pipeline("none", keep=1.0, positions="original"), llm_pruning=method)
+
+
+def rope_positions(adapter: TargetModel, positions: torch.Tensor) -> torch.Tensor:
+    return positions[0] if positions.shape[0] == 1 else positions
+
+
+def reference_logits(
+    adapter: TargetModel, inputs: LanguageInputs, generation: Generation, boundaries: tuple[int, ...], steps: int
+) -> torch.Tensor:
+    """Last-position logits of the stock layers run on the whole sequence (prompt + ``steps`` generated tokens)
+    without a cache, each layer under an explicit 4-D mask hiding the prompt tokens dropped at earlier
+    boundaries."""
+    language = adapter.model.model.language_model
+    batch, length = inputs.attention_mask.shape
+    generated = generation.tokens[:, :steps]
+    embeds = torch.cat([inputs.inputs_embeds, language.embed_tokens(generated)], dim=1)
+    real = torch.cat([inputs.attention_mask.bool(), torch.ones_like(generated, dtype=torch.bool)], dim=1)
+    step_positions = inputs.next_position[None, :, None] + torch.arange(steps)[None, None]
+    positions = torch.cat([inputs.position_ids, step_positions.expand(inputs.position_ids.shape[0], -1, -1)], dim=2)
+    total = embeds.shape[1]
+    causal = torch.ones(total, total, dtype=torch.bool).tril()
+    rotary = language.rotary_emb(embeds, rope_positions(adapter, positions))
+    hidden = embeds
+    for index, layer in enumerate(language.layers):
+        keys = real.clone()
+        for boundary, present in zip(boundaries, generation.survivors, strict=True):
+            if index >= boundary:
+                keys[:, :length] &= present
+        allowed = causal[None] & keys[:, None, :]
+        mask = torch.zeros(batch, 1, total, total).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary)
+    logits: torch.Tensor = adapter.model.lm_head(language.norm(hidden[:, -1]))
+    return logits
+
+
+def eager_last_rows(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torch.Tensor, ...]:
+    """Per layer, the head-averaged last row of the stock language model's eager attention weights."""
+    language = adapter.model.model.language_model
+    adapter.model.set_attn_implementation("eager")
+    try:
+        output = language(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=rope_positions(adapter, inputs.position_ids),
+            output_attentions=True,
+        )
+    finally:
+        adapter.model.set_attn_implementation("sdpa")
+    return tuple(weights[:, :, -1].mean(dim=1) for weights in output.attentions)
+
+
+@torch.no_grad()
+def test_probe_rows_equal_eager_attention_and_leave_the_layer_unchanged(family: tuple[str, TargetModel]) -> None:
+    name, adapter = family
+    batch = batch_of(name, adapter, [0, 1])  # different prompt lengths: left padding
+    inputs = adapter.prefill_inputs(batch, pipeline_with(NoLLMPruning()))
+    language = adapter.model.model.language_model
+    arguments: dict[str, Any] = {
+        "inputs_embeds": inputs.inputs_embeds,
+        "attention_mask": inputs.attention_mask,
+        "position_ids": rope_positions(adapter, inputs.position_ids),
+    }
+    plain = language(**arguments).last_hidden_state
+    expected = eager_last_rows(adapter, inputs)
+    for layer in range(DEPTH):
+        with LastQueryAttention(language.layers[layer].self_attn) as probe:
+            probed = language(**arguments).last_hidden_state
+        assert probe.rows is not None
+        assert torch.equal(probed, plain)
+        torch.testing.assert_close(probe.rows, expected[layer], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(probe.rows.sum(dim=1), torch.ones(2))
+
+
+@torch.no_grad()
+def test_keeping_every_token_equals_the_stock_path(family: tuple[str, TargetModel]) -> None:
+    """A boundary that keeps all tokens runs the staged layers; logits and tokens equal the stock forward's."""
+    name, adapter = family
+    batch = batch_of(name, adapter, [0, 1])
+    stock = adapter.generate(batch, pipeline_with(NoLLMPruning()), max_new_tokens=NEW_TOKENS)
+    staged = adapter.generate(batch, pipeline_with(PyramidDrop(layers=(1, 3), ratio=1.0)), max_new_tokens=NEW_TOKENS)
+    assert torch.equal(staged.tokens, stock.tokens)
+    assert staged.layer_cache_lengths == stock.layer_cache_lengths == (stock.prompt_cache_length,) * DEPTH
+    inputs = stock.inputs
+    decoder = adapter.staged_decoder()
+    cache_logits, _ = decoder.prefill(
+        inputs.inputs_embeds,
+        inputs.attention_mask,
+        inputs.position_ids,
+        inputs.visual_mask,  # type: ignore[arg-type]
+        [(), ()],
+        DynamicCache(),
+    )
+    expected = adapter.prefill_logits(inputs)[:, -1:]
+    torch.testing.assert_close(cache_logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda method: f"{type(method).__name__}-{vars(method)}")
+@torch.no_grad()
+def test_pruned_generation_equals_a_masked_reference(family: tuple[str, TargetModel], method: LLMPruning) -> None:
+    """Prefill logits, every decode step's greedy token and the per-layer cache lengths, batched with left padding,
+    against the stock layers run on the full sequence with the dropped tokens masked out."""
+    name, adapter = family
+    batch = batch_of(name, adapter, [0, 1])
+    pipeline = pipeline_with(method)
+    generation = adapter.generate(batch, pipeline, max_new_tokens=NEW_TOKENS)
+    inputs = generation.inputs
+    assert inputs.visual_mask is not None
+    schedules = [method.schedule(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens.tolist()]
+    boundaries = tuple(drop.layer for drop in schedules[0])
+    # Survivors: all text, and as many visual tokens as each boundary keeps.
+    text = inputs.attention_mask.bool() & ~inputs.visual_mask
+    for number, present in enumerate(generation.survivors):
+        assert torch.equal(present & text, text)
+        kept = (present & inputs.visual_mask).sum(dim=1).tolist()
+        assert kept == [schedule[number].kept for schedule in schedules]
+    # Cache lengths: layer i holds the left-padded longest sample of that layer.
+    per_layer = [method.visual_per_layer(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens]
+    texts = inputs.text_tokens.tolist()
+    expected_lengths = tuple(
+        max(texts[sample] + per_layer[sample][layer] for sample in range(2)) for layer in range(DEPTH)
+    )
+    assert generation.layer_cache_lengths == expected_lengths
+    # The prefill logits, then every greedy token of unfinished samples, equal the reference's.
+    prefill_logits, _ = adapter.staged_decoder().prefill(
+        inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids, inputs.visual_mask, schedules, DynamicCache()
+    )
+    reference = reference_logits(adapter, inputs, generation, boundaries, 0)
+    torch.testing.assert_close(prefill_logits[:, -1], reference, rtol=1e-4, atol=1e-5)
+    eos = adapter.processor.tokenizer.eos_token_id
+    finished = torch.zeros(2, dtype=torch.bool)
+    for step in range(generation.tokens.shape[1]):
+        expected = reference_logits(adapter, inputs, generation, boundaries, step).argmax(dim=-1)
+        assert torch.equal(expected[~finished], generation.tokens[~finished, step])
+        finished |= generation.tokens[:, step] == eos
+
+
+@torch.no_grad()
+def test_fastv_drops_the_visual_tokens_the_last_token_attends_least(family: tuple[str, TargetModel]) -> None:
+    """The survivors of a FastV boundary at layer 2 are the top visual tokens of the stock model's eager
+    attention row of the last token in layer 2 (index 1), heads averaged."""
+    name, adapter = family
+    batch = batch_of(name, adapter, [0, 1])
+    method = FastV(layer=2, keep=0.3)
+    generation = adapter.generate(batch, pipeline_with(method), max_new_tokens=1)
+    inputs = generation.inputs
+    assert inputs.visual_mask is not None
+    rows = eager_last_rows(adapter, inputs)[1]
+    for sample in range(2):
+        visual = inputs.visual_mask[sample].nonzero().flatten()
+        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
+        expected = visual[rows[sample, visual].argsort(descending=True, stable=True)[:kept]].sort().values
+        present = generation.survivors[0][sample] & inputs.visual_mask[sample]
+        assert torch.equal(present.nonzero().flatten(), expected)
+
+
+@pytest.mark.parametrize("method", [METHODS[0], METHODS[2], METHODS[3]], ids=["fastv", "vtw", "pyramid_drop"])
+def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, TargetModel], method: LLMPruning) -> None:
+    name, adapter = family
+    batch = batch_of(name, adapter, [1])
+    pipeline = pipeline_with(method)
+    generations: list[Generation] = []
+    counted = counted_flops(lambda: generations.append(adapter.generate(batch, pipeline, max_new_tokens=3)))
+    [breakdown] = adapter.flops(batch, generations[0].inputs, pipeline)
+    assert breakdown.total(generations[0].tokens.shape[1]) == counted
+    visual = int(generations[0].inputs.visual_tokens[0])
+    per_layer = method.visual_per_layer(visual, DEPTH, pipeline.budget)
+    assert breakdown.visual_tokens_mean == sum(per_layer) / DEPTH
+    assert breakdown.visual_tokens_equivalent is not None
+    assert min(per_layer) <= breakdown.visual_tokens_mean <= breakdown.visual_tokens_equivalent <= visual
+
+
+@pytest.mark.parametrize("name", choices("llm_pruning"))
+@torch.no_grad()
+def test_every_registered_method_runs_batched(family: tuple[str, TargetModel], name: str) -> None:
+    """The registered configs as they are (run budget keep = 0.25) on a 4-layer language model, left-padded."""
+    family_name, adapter = family
+    method = load("llm_pruning", name, LLMPruning)
+    pipeline = replace(make_pipeline("none", keep=0.25, positions="original"), llm_pruning=method)
+    generation = adapter.generate(batch_of(family_name, adapter, [0, 1]), pipeline, max_new_tokens=2)
+    lengths = generation.layer_cache_lengths
+    assert len(lengths) == DEPTH and list(lengths) == sorted(lengths, reverse=True)
+    assert (lengths[-1] < lengths[0]) == method.active

@@ -1,0 +1,58 @@
+"""The pruning pipeline: presets, which attention gets tapped, reordering of adaptive selections."""
+
+from __future__ import annotations
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from fopru.components import CONFIG_DIR, load
+from fopru.layout import Budget, VisualLayout
+from fopru.pipeline import PruningPipeline, StrategyAttention
+from fopru.reorder import OriginalOrder
+from fopru.significance import AttentionReduction, AttentionSummary, ClsSignificance, SignificanceSource
+from fopru.strategies import PruMergeStrategy, PruningStrategy, RankStrategy
+
+
+def test_the_fastervlm_preset_is_cls_significance_with_rank() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_eval", overrides=["method=fastervlm", "keep=0.1", "stage=validate"])
+    pipeline = PruningPipeline.from_config(cfg)
+    assert isinstance(pipeline.significance, ClsSignificance)
+    assert isinstance(pipeline.strategy, RankStrategy)
+    assert pipeline.budget.keep == 0.1
+
+
+def pipeline_of(significance: str, strategy: str) -> PruningPipeline:
+    return PruningPipeline(
+        load("significance", significance, SignificanceSource),
+        load("strategy", strategy, PruningStrategy),
+        OriginalOrder(),
+        Budget(keep=0.25),
+    )
+
+
+def test_a_strategy_that_reads_attention_gets_a_tap_whatever_the_source() -> None:
+    alone = pipeline_of("uniform", "visionzip").attention_source
+    assert isinstance(alone, StrategyAttention)
+    assert alone.reduction == AttentionReduction() and alone.layer is None
+    focal = pipeline_of("focal", "visionzip")
+    assert focal.attention_source is focal.significance  # its layer and reduction serve both
+    assert pipeline_of("uniform", "rank").attention_source.reduction is None  # no tap at all
+    assert pipeline_of("norm", "divprune").attention_source.reduction is None  # DivPrune reads no attention
+
+
+def test_adaptive_selections_are_reordered_sample_by_sample() -> None:
+    # PruMerge keeps the IQR outliers of the [CLS] row, most attended first: sample 0 keeps 7; sample 1 keeps
+    # 7 (.40) then 0 (.39). The original order sorts each sample's kept tokens; padding stays behind them.
+    cls = torch.tensor(
+        [[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.72], [0.39, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.40]]
+    )
+    summary = AttentionSummary(received=cls, paid=cls, cls=cls, keys=torch.eye(8).expand(2, -1, -1))
+    pipeline = PruningPipeline(ClsSignificance(), PruMergeStrategy(neighbours=0), OriginalOrder(), Budget(keep=1.0))
+    pruned = pipeline.prune(summary, torch.rand(2, 8, 3), VisualLayout(8))
+    selection = pruned.selection
+    assert selection.kept_per_sample.tolist() == [1, 2]
+    assert selection.indices.tolist() == [[7, 7], [0, 7]]
+    assert selection.weights is not None
+    assert torch.equal(selection.weights, torch.nn.functional.one_hot(selection.indices, 8).float())
+    assert selection.flops == 2 * 8 * 8 * 8  # the keys' cosine similarity survives reordering

@@ -61,6 +61,8 @@ class ParetoCallback(Callback):
             job_return = kwargs.get("job_return")
             if isinstance(job_return, JobReturn) and job_return.status == JobStatus.FAILED:
                 return
+            if config.get("stage", "eval") != "eval":
+                return  # nothing was evaluated
             if os.environ.get("LOCAL_RANK", "0") != "0":
                 return  # a DDP child that Lightning started as a single run of the same job: rank 0 summarizes
             run_dir = Path(str(OmegaConf.select(config, "hydra.runtime.output_dir") or config.hydra.run.dir))

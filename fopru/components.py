@@ -16,10 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.eval.tracking import ResultLogger
+from fopru.llm_pruning.base import LLMPruning
 from fopru.models.base import TargetModel
 from fopru.reorder.base import ReorderPolicy
 from fopru.significance.base import SignificanceSource
 from fopru.strategies.base import PruningStrategy
+from fopru.train.recipe import TrainingRecipe
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -30,6 +32,8 @@ BASES: dict[str, type] = {
     "model": TargetModel,
     "data": Benchmark,
     "logger": ResultLogger,
+    "llm_pruning": LLMPruning,
+    "train": TrainingRecipe,
 }
 
 T = TypeVar("T")

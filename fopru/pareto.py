@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fopru.eval.result import RESULT_FILE, RunResult
+from fopru.eval.result import KEPT_FILE, RESULT_FILE, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,13 @@ CostAxis = Literal["tflops_total", "latency"]
 
 LATENCY_FIELDS: tuple[str, ...] = ("total", "vision", "pruning", "prefill", "decode_per_token")
 # Config choices that tell one method's curve from another's; the curve label names only those that vary.
-METHOD_FIELDS: tuple[str, ...] = ("model", "significance", "strategy", "reorder")
+METHOD_FIELDS: tuple[str, ...] = ("model", "significance", "strategy", "reorder", "llm_pruning")
 # One subplot is this many inches at this dpi, so a figure of n benchmarks is n * 640 x 480 pixels.
 SUBPLOT_INCHES: tuple[float, float] = (6.4, 4.8)
 DPI = 100
 CSV_FILE = "results.csv"
 PLOT_FILES: dict[CostAxis, str] = {"tflops_total": "pareto_tflops.png", "latency": "pareto_latency.png"}
+KEPT_PLOT = "kept_patches.png"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -97,9 +98,13 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
             "strategy": result.strategy,
             "significance": result.significance,
             "reorder": result.reorder,
+            "llm_pruning": result.llm_pruning,
+            "method": result.method,
             "keep": result.keep,
             "keep_tokens": result.keep_tokens,
             "kept_tokens": result.kept_tokens,
+            "kept_tokens_layer_mean": result.kept_tokens_layer_mean,
+            "kept_tokens_equivalent": result.kept_tokens_equivalent,
             "samples": result.samples,
         }
         row.update(dict.fromkeys(metric_columns))
@@ -121,6 +126,27 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def pivot_markdown(results: Sequence[RunResult], row: str, column: str, value: str = "accuracy") -> str:
+    """A Markdown table of ``value`` (a :class:`RunResult` attribute or property, in percent when it is the primary
+    metric) with one row per value of ``row`` and one column per value of ``column`` (e.g. strategy x keep), in
+    first-seen row order and sorted column order; missing cells are blank."""
+    rows = list(dict.fromkeys(getattr(result, row) for result in results))
+    columns = sorted({getattr(result, column) for result in results}, key=lambda item: (item is None, item))
+    cells = {(getattr(result, row), getattr(result, column)): getattr(result, value) for result in results}
+
+    def show(cell: Any) -> str:
+        if cell is None:
+            return ""
+        return f"{100 * cell:.1f}" if value == "accuracy" else f"{cell:.3g}"
+
+    lines = [
+        f"| {row} \\ {column} | " + " | ".join(str(item) for item in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    lines += [f"| {item} | " + " | ".join(show(cells.get((item, key))) for key in columns) + " |" for item in rows]
+    return "\n".join(lines)
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Write ``rows`` (from :func:`results_table`) as CSV with a header; ``None`` becomes an empty cell."""
     path = Path(path)
@@ -134,7 +160,10 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def method_label(result: RunResult, varying: Sequence[str]) -> str:
-    """The curve a result belongs to: its strategy, plus whichever other method fields vary in the sweep."""
+    """The curve a result belongs to: its method preset when presets vary in the sweep, else its strategy plus
+    whichever other method fields vary."""
+    if "method" in varying and result.method is not None:
+        return result.method
     fields = [name for name in METHOD_FIELDS if name in varying or name == "strategy"]
     return " ".join(f"{name}={getattr(result, name)}" if name != "strategy" else result.strategy for name in fields)
 
@@ -142,7 +171,7 @@ def method_label(result: RunResult, varying: Sequence[str]) -> str:
 def curves(results: Sequence[RunResult], axis: CostAxis) -> dict[str, list[tuple[float, float, RunResult]]]:
     """Per method label, its ``(cost, accuracy, result)`` points sorted by cost; results without that cost are
     left out."""
-    varying = [name for name in METHOD_FIELDS if len({getattr(result, name) for result in results}) > 1]
+    varying = [name for name in (*METHOD_FIELDS, "method") if len({getattr(result, name) for result in results}) > 1]
     by_label: dict[str, list[tuple[float, float, RunResult]]] = {}
     for result in results:
         value = cost(result, axis)
@@ -205,6 +234,76 @@ def plot_pareto(results: Sequence[RunResult], x: CostAxis, path: Path) -> Path:
     return path
 
 
+def shade_pruned(image: Any, grid: tuple[int, int], kept: Sequence[int], dim: float = 0.25) -> Any:
+    """An (H, W, 3) uint8 image with the patches not in ``kept`` (row-major indices on a ``grid`` of rows x cols
+    tiling the image) darkened to ``dim`` of their brightness."""
+    import numpy as np
+
+    rows, cols = grid
+    mask = np.zeros(rows * cols, dtype=np.float32)
+    mask[list(kept)] = 1.0
+    height, width = image.shape[:2]
+    cells = mask.reshape(rows, cols)
+    pixel_mask = cells[(np.arange(height) * rows) // height][:, (np.arange(width) * cols) // width]
+    shaded = image.astype(np.float32) * (dim + (1.0 - dim) * pixel_mask[..., None])
+    return shaded.round().astype(np.uint8)
+
+
+def plot_kept_patches(sweep_dir: Path, path: Path, max_jobs: int = 12, keep: float | None = None) -> Path | None:
+    """Draw the patches each job kept on the same few samples: one column per job (its strategy and budget), one
+    row per sample, pruned patches dimmed. Reads the ``kept_patches.json`` files jobs save beside their
+    ``result.json``; ``None`` when there are none. At most ``max_jobs`` columns, in job order; only jobs at budget
+    ``keep`` when it is given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    sweep_dir = Path(sweep_dir)
+    files = sorted(sweep_dir.rglob(KEPT_FILE), key=lambda file: _job_order(file.relative_to(sweep_dir)))
+    jobs: list[tuple[str, Path, list[dict[str, Any]]]] = []
+    for file in files:
+        try:
+            result = RunResult.load(file.parent / RESULT_FILE)
+            records = json.loads(file.read_text())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            log.warning("skipping unreadable kept patches in %s: %s", file.parent, error)
+            continue
+        if keep is not None and result.keep != keep:
+            continue
+        label = f"{result.method or result.strategy} / {result.significance}\nkeep {_budget_label(result)}"
+        jobs.append((label, file.parent, records))
+    if not jobs:
+        return None
+    jobs = jobs[:max_jobs]
+    samples = min(len(records) for _, _, records in jobs)
+    if samples == 0:
+        return None
+    figure, axes = plt.subplots(samples, len(jobs), figsize=(1.9 * len(jobs), 2.1 * samples), dpi=DPI, squeeze=False)
+    try:
+        for column, (label, folder, records) in enumerate(jobs):
+            for row in range(samples):
+                record = records[row]
+                image = np.asarray(Image.open(folder / record["image"]).convert("RGB"))
+                rows, cols = record["grid"]
+                ax = axes[row][column]
+                ax.imshow(shade_pruned(image, (rows, cols), record["kept"]), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(label, fontsize=7)
+                ax.set_xlabel(f"{len(record['kept'])}/{rows * cols} kept", fontsize=6)
+                if column == 0:
+                    ax.set_ylabel(str(record["question"])[:40], fontsize=6)
+        figure.tight_layout()
+        figure.savefig(path, dpi=DPI)
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
 def collect(sweep_dir: Path) -> list[RunResult]:
     """Every readable ``result.json`` under a Hydra sweep (or run) folder, by job number.
 
@@ -231,6 +330,7 @@ class SweepSummary:
         csv: the results table.
         tflops_plot, latency_plot: accuracy against TFLOPs, and against latency (only when every result has one).
         wandb_dir: the W&B summary run's local folder.
+        kept_plot: the kept patches of every job on the same samples (when the jobs saved them).
     """
 
     results: int
@@ -238,12 +338,14 @@ class SweepSummary:
     tflops_plot: Path | None = None
     latency_plot: Path | None = None
     wandb_dir: Path | None = None
+    kept_plot: Path | None = None
 
 
 def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: str | None = None) -> SweepSummary:
-    """Write ``results.csv``, ``pareto_tflops.png`` and (when every result has latency) ``pareto_latency.png`` into
-    ``sweep_dir``; with ``log_to_wandb``, log them to one extra W&B run (job type ``sweep-summary``, group
-    ``group``, offline unless ``WANDB_MODE`` says otherwise, project ``project`` or ``WANDB_PROJECT`` or "fopru").
+    """Write ``results.csv``, ``pareto_tflops.png``, (when every result has latency) ``pareto_latency.png`` and (when
+    jobs saved kept patches) ``kept_patches.png`` into ``sweep_dir``; with ``log_to_wandb``, log them to one extra
+    W&B run (job type ``sweep-summary``, group ``group``, offline unless ``WANDB_MODE`` says otherwise, project
+    ``project`` or ``WANDB_PROJECT`` or "fopru").
 
     A sweep without any readable result writes nothing.
     """
@@ -258,11 +360,13 @@ def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: st
     latency_plot = None
     if all(result.latency is not None for result in results):
         latency_plot = plot_pareto(results, "latency", sweep_dir / PLOT_FILES["latency"])
+    kept_plot = plot_kept_patches(sweep_dir, sweep_dir / KEPT_PLOT)
     wandb_dir = None
     if log_to_wandb:
-        wandb_dir = log_summary_to_wandb(results, rows, [tflops_plot, latency_plot], sweep_dir, group, project)
+        plots = [tflops_plot, latency_plot, kept_plot]
+        wandb_dir = log_summary_to_wandb(results, rows, plots, sweep_dir, group, project)
     log.info("summarized %d results of %s: %s", len(results), sweep_dir, csv_path)
-    return SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir)
+    return SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot)
 
 
 def log_summary_to_wandb(
@@ -322,16 +426,32 @@ def log_summary_to_wandb(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m fopru.pareto SWEEP_DIR [--group NAME] [--wandb]``: summarize a sweep folder by hand."""
+    """``python -m fopru.pareto SWEEP_DIR [--group NAME] [--wandb] [--table ROW COLUMN] [--kept-at KEEP]``:
+    summarize a sweep folder by hand."""
     parser = argparse.ArgumentParser(prog="python -m fopru.pareto", description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--group", default=None, help="W&B group (default: the folder's name)")
     parser.add_argument("--wandb", action="store_true", help="also log a sweep-summary run to W&B")
+    parser.add_argument("--kept-at", type=float, help="also draw the kept patches of the jobs at this keep only")
+    parser.add_argument(
+        "--table",
+        nargs=2,
+        metavar=("ROW", "COLUMN"),
+        help="also print a Markdown table of the primary metric (%%), e.g. --table strategy keep",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sweep_dir: Path = arguments.sweep_dir
     summary = summarize_sweep(sweep_dir, arguments.group or sweep_dir.resolve().name, arguments.wandb)
     print(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in vars(summary).items()}))
+    if arguments.kept_at is not None:
+        print(
+            plot_kept_patches(
+                sweep_dir, sweep_dir / f"kept_patches_keep{arguments.kept_at:g}.png", keep=arguments.kept_at
+            )
+        )
+    if arguments.table:
+        print(pivot_markdown(collect(sweep_dir), *arguments.table))
 
 
 def _float(value: float | None) -> float:

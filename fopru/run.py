@@ -13,17 +13,23 @@ from fopru.components import build
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.eval.evaluate import evaluate
+from fopru.eval.kept import record_kept_patches
 from fopru.eval.tracking import ResultLogger
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
+from fopru.train.fit import train
+from fopru.train.recipe import TrainingRecipe
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("validate", "load", "eval")
+STAGES: tuple[str, ...] = ("validate", "load", "eval", "train")
 
 
 def run(cfg: DictConfig) -> PruningPipeline:
-    """Validate the configuration, build the pruning pipeline and, for ``stage=load``, load the model.
+    """Validate the configuration, build the pruning pipeline, then run the stage.
+
+    ``validate``: nothing more; ``load``: load the model; ``eval``: evaluate the pruned model on the benchmark;
+    ``train``: train the model's untrained architecture on the benchmark's training split (``conf/train``).
 
     Every user error surfaces as a :class:`ConfigError` before any model is loaded.
     """
@@ -36,20 +42,26 @@ def run(cfg: DictConfig) -> PruningPipeline:
     target.check_positions(pipeline.reorder.positions)
     log.info("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
-        "pipeline: significance=%s strategy=%s reorder=%s (positions=%s) budget=%s",
+        "pipeline: significance=%s strategy=%s reorder=%s (positions=%s) llm_pruning=%s budget=%s",
         type(pipeline.significance).__name__,
         type(pipeline.strategy).__name__,
         type(pipeline.reorder).__name__,
         pipeline.reorder.positions,
+        type(pipeline.llm_pruning).__name__,
         pipeline.budget,
     )
-    if cfg.stage == "eval":
+    if cfg.stage in ("eval", "train"):
         with open_dict(cfg):
             cfg.group = cfg.group or default_group()
+    folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    if cfg.stage == "train":
+        recipe = build("train", cfg.train, TrainingRecipe)
+        train(cfg, target, benchmark.train_split(), recipe, result_logger, folder)
+    if cfg.stage == "eval":
         result = evaluate(cfg, pipeline, target, benchmark)
         if result is not None:  # rank 0
-            folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
             result.save(folder)
+            record_kept_patches(target, pipeline, benchmark, folder, cfg.figure_samples)
             result_logger.log(result, cfg, folder, name=folder.name)
             log.info(
                 "%s: %s=%.4f with %.1f visual tokens, %.3g TFLOPs; result in %s",

@@ -33,9 +33,9 @@ from fopru.eval.result import Latency, RunResult
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")
 def main(cfg: DictConfig) -> None:
-    bonus = {"rank": 0.0, "row": 0.1}[cfg.method]
+    bonus = {"rank": 0.0, "row": 0.1}[cfg.approach]
     RunResult(
-        group=str(cfg.group), model="tiny_llava", data="easyvqa", strategy=cfg.method, significance="focal",
+        group=str(cfg.group), model="tiny_llava", data="easyvqa", strategy=cfg.approach, significance="focal",
         reorder="original", keep=cfg.budget, keep_tokens=None, samples=4, kept_tokens=576 * cfg.budget,
         metrics={"accuracy": cfg.budget / 2 + bonus}, primary_metric="accuracy", tflops_prefill=cfg.budget,
         tflops_total=cfg.budget + 0.1, latency=Latency(0.01, 0.001, cfg.budget, 0.01, cfg.budget + bonus),
@@ -55,7 +55,7 @@ defaults:
 hydra:
   searchpath: ["file://{CONFIG_DIR}"]
 group: app-sweep
-method: rank  # not "strategy"/"keep": the search path brings in the repo's groups of those names
+approach: rank  # not "strategy"/"keep"/"method": the search path brings in the repo's groups of those names
 budget: 0.5
 """
 
@@ -135,12 +135,12 @@ def test_the_callback_logs_instead_of_raising(
 
 def test_multirun_writes_the_summary_into_the_sweep_folder(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_app(tmp_path, "-m", "method=rank,row", "budget=0.1,0.5", f"hydra.sweep.dir={sweep}")
+    result = run_app(tmp_path, "-m", "approach=rank,row", "budget=0.1,0.5", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     assert len(launched_jobs(result.stdout + result.stderr)) == 4
     lines = (sweep / "results.csv").read_text().splitlines()
     assert len(lines) == 5
-    assert lines[0].startswith("group,model,data,strategy,significance,reorder,keep,")
+    assert lines[0].startswith("group,model,data,strategy,significance,reorder,llm_pruning,method,keep,")
     # row is 0.1 more accurate at the same TFLOPs (and 0.1 s slower): it alone is on the TFLOPs front.
     rows = [dict(zip(lines[0].split(","), line.split(","), strict=True)) for line in lines[1:]]
     assert [(row["strategy"], row["keep"], row["pareto_tflops"]) for row in rows] == [
@@ -213,7 +213,7 @@ def test_joblib_workers_each_keep_a_gpu_of_their_own(tmp_path: Path) -> None:
     result = run_app(
         tmp_path,
         "-m",
-        "method=rank,row",
+        "approach=rank,row",
         "budget=0.1,0.2",
         "hydra/launcher=joblib_gpus",
         "hydra.launcher.n_jobs=8",

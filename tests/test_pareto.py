@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import struct
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fopru.eval.result import Latency, RunResult
-from fopru.pareto import collect, pareto_front, plot_pareto, results_table, summarize_sweep, write_csv
+from fopru.pareto import (
+    collect,
+    pareto_front,
+    pivot_markdown,
+    plot_pareto,
+    results_table,
+    shade_pruned,
+    summarize_sweep,
+    write_csv,
+)
 
 
 def make_result(**fields: object) -> RunResult:
@@ -119,16 +129,20 @@ def test_results_table_columns_and_front_flags() -> None:
     rows = results_table(sweep_results())
     assert len(rows) == 6
     assert all(list(row) == list(rows[0]) for row in rows)  # one set of columns, in one order
-    assert list(rows[0])[:10] == [
+    assert list(rows[0])[:14] == [
         "group",
         "model",
         "data",
         "strategy",
         "significance",
         "reorder",
+        "llm_pruning",
+        "method",
         "keep",
         "keep_tokens",
         "kept_tokens",
+        "kept_tokens_layer_mean",
+        "kept_tokens_equivalent",
         "samples",
     ]
     for column in [
@@ -243,8 +257,13 @@ def test_summarize_sweep_writes_csv_plots_and_an_offline_wandb_run(
     assert any(name.startswith("accuracy_vs_tflops_total") for name in charts)
     assert any(name.startswith("f1_vs_latency") for name in charts)
     assert len(list(summary.wandb_dir.glob("files/media/images/pareto/*.png"))) == 2
-    # Group and job type live only in the run's binary log until `wandb sync`.
+    # Group and job type live only in the run's binary log until `wandb sync`; W&B's writer process may still be
+    # flushing it when finish() returns on a loaded machine.
+    deadline = time.monotonic() + 30
     log = next(summary.wandb_dir.glob("run-*.wandb")).read_bytes()
+    while b"sweep-summary" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = next(summary.wandb_dir.glob("run-*.wandb")).read_bytes()
     assert b"my-sweep" in log and b"sweep-summary" in log
 
 
@@ -270,3 +289,58 @@ def test_curves_label_only_the_fields_that_vary(tmp_path: Path) -> None:
     ]
     assert list(curves(results, "tflops_total")) == ["significance=cls rank", "significance=focal rank"]
     assert list(curves(results[:2], "tflops_total")) == ["rank"]
+
+
+# --- kept patches ----------------------------------------------------------------------------------------------------
+
+
+def test_shade_pruned_darkens_exactly_the_pruned_patches() -> None:
+    import numpy as np
+
+    image = np.full((4, 6, 3), 200, dtype=np.uint8)  # a 2 x 3 grid of 2 x 2 patches
+    shaded = shade_pruned(image, (2, 3), kept=[1, 5])
+    kept = np.zeros((4, 6), dtype=bool)
+    kept[0:2, 2:4] = True  # patch 1: row 0, column 1
+    kept[2:4, 4:6] = True  # patch 5: row 1, column 2
+    assert (shaded[kept] == 200).all()
+    assert (shaded[~kept] == 50).all()
+
+
+def test_summarize_sweep_draws_the_kept_patches_of_every_job(tmp_path: Path) -> None:
+    from PIL import Image
+
+    sweep = tmp_path / "sweep"
+    results = [make_result(strategy=name, keep=0.25) for name in ("rank", "row", "random")]
+    write_sweep(sweep, results, [0, 1, 2])
+    for job in range(3):
+        folder = sweep / str(job)
+        (folder / "kept_patches").mkdir()
+        records = []
+        for sample in range(2):
+            Image.new("RGB", (8, 8), "white").save(folder / "kept_patches" / f"{sample}.png")
+            records.append(
+                {
+                    "sample_id": f"s{sample}",
+                    "question": "q",
+                    "grid": [2, 2],
+                    "kept": [job],
+                    "image": f"kept_patches/{sample}.png",
+                }
+            )
+        (folder / "kept_patches.json").write_text(json.dumps(records))
+    summary = summarize_sweep(sweep, group="g", log_to_wandb=False)
+    assert summary.kept_plot == sweep / "kept_patches.png"
+    width, height = png_size(sweep / "kept_patches.png")
+    assert width > height  # three job columns, two sample rows
+    assert summarize_sweep(tmp_path / "none", group="g", log_to_wandb=False).kept_plot is None
+
+
+def test_pivot_markdown_by_hand() -> None:
+    results = [
+        make_result(strategy="rank", keep=0.1, metrics={"accuracy": 0.9}),
+        make_result(strategy="rank", keep=0.5, metrics={"accuracy": 0.95}),
+        make_result(strategy="row", keep=0.1, metrics={"accuracy": 0.8125}),
+    ]
+    assert pivot_markdown(results, "strategy", "keep") == (
+        "| strategy \\ keep | 0.1 | 0.5 |\n|---|---|---|\n| rank | 90.0 | 95.0 |\n| row | 81.2 |  |"
+    )

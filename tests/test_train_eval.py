@@ -45,7 +45,11 @@ def test_defaults_compose_to_fopru() -> None:
 def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     result = train_eval("--help", cwd=tmp_path)
     assert result.returncode == 0
-    assert "strategy: none, pool, random, rank, row, uniform" in result.stdout
+    assert (
+        "strategy: adafv, divprune, none, pool, prumerge, prumerge_plus, random, rank, row, uniform, visionzip, "
+        "vispruner" in result.stdout
+    )
+    assert "llm_pruning: fastv, none, pyramid_drop, vtw" in result.stdout
     assert "significance: cls, focal, norm, paid, random, received, uniform" in result.stdout
     assert "reorder: none, original, significance" in result.stdout
 
@@ -94,7 +98,9 @@ def test_an_unreachable_checkpoint_fails_fast_from_the_command_line(tmp_path: Pa
     assert "Traceback" not in result.stderr
 
 
-def test_stage_load_loads_the_tiny_model(tmp_path: Path) -> None:
+def test_stage_load_loads_the_embedded_model(tmp_path: Path) -> None:
     result = train_eval("stage=load", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "loaded tiny:llava (LlavaForConditionalGeneration" in result.stdout + result.stderr
+    assert (
+        "loaded embedded:mini_llava (LlavaForConditionalGeneration, 1.3M parameters)" in result.stdout + result.stderr
+    )

@@ -71,3 +71,7 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Official metric(s) of ``records``: each a row of :meth:`load` without its image, plus ``"prediction"``."""
+
+    def train_split(self) -> Benchmark:
+        """The same benchmark on its training split (rows with an ``answer`` string), for ``stage=train``."""
+        raise ConfigError(f"{type(self).__name__} has no training split: stage=train supports data=easyvqa")

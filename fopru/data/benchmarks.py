@@ -243,6 +243,9 @@ class EasyVQABenchmark(Benchmark):
         )
         return assemble(records, images, range(len(records)), where)
 
+    def train_split(self) -> EasyVQABenchmark:
+        return EasyVQABenchmark("train", self.limit, self.seed)
+
     def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Exact-match accuracy (case and punctuation aside)."""
         return {"accuracy": _mean([exact_match(r["prediction"], r["answer"]) for r in records], "easy-VQA")}

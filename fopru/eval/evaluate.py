@@ -37,12 +37,13 @@ from fopru.pipeline import PruningPipeline
 log = logging.getLogger(__name__)
 
 #: The keys that define what a job computes; the results folder is named after them, so a rerun resumes.
-IDENTITY_KEYS = ("model", "data", "significance", "strategy", "reorder", "keep", "keep_tokens", "seed")
+IDENTITY_KEYS = ("model", "data", "significance", "strategy", "reorder", "llm_pruning", "keep", "keep_tokens", "seed")
 LIBRARIES = ("torch", "transformers", "lightning", "hydra-core", "datasets", "wandb", "fopru")
 
 
 def results_folder(cfg: DictConfig) -> Path:
-    """``<results_dir>/<data>/<model>/<strategy>-<significance>-keep<keep>-<hash>``: one folder per configuration."""
+    """``<results_dir>/<data>/<model>/<strategy>-<significance>[-<llm_pruning>]-keep<keep>-<hash>``: one folder per
+    configuration."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     identity = {key: resolved.get(key) for key in IDENTITY_KEYS}
@@ -50,7 +51,10 @@ def results_folder(cfg: DictConfig) -> Path:
         identity["data"] = {key: value for key, value in identity["data"].items() if key != "limit"}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     budget = f"tokens{cfg.keep_tokens}" if cfg.keep_tokens is not None else f"keep{cfg.keep}"
-    name = f"{choice(cfg, 'strategy')}-{choice(cfg, 'significance')}-{budget}-{digest}"
+    method = f"{choice(cfg, 'strategy')}-{choice(cfg, 'significance')}"
+    if "llm_pruning" in cfg and choice(cfg, "llm_pruning") not in ("none", "NoLLMPruning"):
+        method += f"-{choice(cfg, 'llm_pruning')}"
+    name = f"{method}-{budget}-{digest}"
     root = Path(cfg.results_dir)
     if not root.is_absolute() and HydraConfig.initialized():
         root = Path(get_original_cwd()) / root
@@ -64,6 +68,14 @@ def choice(cfg: DictConfig, group: str) -> str:
         if chosen:
             return str(chosen)
     return str(cfg[group]["_target_"]).rsplit(".", 1)[-1]
+
+
+def chosen_method() -> str | None:
+    """The ``method=`` preset of this run, if one was chosen."""
+    if not HydraConfig.initialized():
+        return None
+    chosen = HydraConfig.get().runtime.choices.get("method")
+    return str(chosen) if chosen else None
 
 
 def provenance() -> dict[str, Any]:
@@ -214,6 +226,10 @@ def evaluate(cfg: DictConfig, pipeline: PruningPipeline, target: TargetModel, be
         keep_tokens=cfg.keep_tokens,
         samples=len(records),
         kept_tokens=statistics.fmean(record["visual_tokens"] for record in records),
+        llm_pruning=choice(cfg, "llm_pruning") if "llm_pruning" in cfg else "none",
+        method=chosen_method(),
+        kept_tokens_layer_mean=statistics.fmean(_get(record, "visual_tokens_layer_mean") for record in records),
+        kept_tokens_equivalent=statistics.fmean(_get(record, "visual_tokens_equivalent") for record in records),
         metrics=benchmark.score(records),
         primary_metric=benchmark.primary_metric,
         tflops_prefill=statistics.fmean(record["tflops_prefill"] for record in records),
@@ -228,6 +244,11 @@ def evaluate(cfg: DictConfig, pipeline: PruningPipeline, target: TargetModel, be
     )
     result.save(folder)
     return result
+
+
+def _get(record: dict[str, Any], key: str) -> float:
+    """A per-layer token field, or the visual tokens for records written before it existed (a resumed folder)."""
+    return float(record.get(key, record["visual_tokens"]))
 
 
 def _device_name(device: torch.device, world: int) -> str:

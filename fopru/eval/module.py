@@ -14,8 +14,9 @@ from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 
 
-def kv_cache_bytes(config: Any, tokens: int, dtype: torch.dtype) -> int:
-    """Bytes of keys and values cached for ``tokens`` positions across the language model's layers."""
+def kv_cache_bytes(config: Any, tokens: float, dtype: torch.dtype) -> int:
+    """Bytes of keys and values cached for ``tokens`` positions (per layer, on average) across the language model's
+    layers."""
     text = config.get_text_config()
     heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -26,7 +27,8 @@ class EvaluationModule(L.LightningModule):
     """Runs ``target`` with ``pipeline`` on a benchmark's batches and appends one record per sample to ``folder``.
 
     A record holds the sample's fields (minus the image), the prediction, the visual and text tokens that reached the
-    language model, the analytic TFLOPs of the request and its KV-cache bytes after prefill.
+    language model (and, for in-LLM pruning, the visual tokens per layer on average and their pre-LLM equivalent),
+    the analytic TFLOPs of the request and its KV-cache bytes after prefill.
     """
 
     def __init__(self, target: TargetModel, pipeline: PruningPipeline, benchmark: Benchmark, folder: Path) -> None:
@@ -53,15 +55,22 @@ class EvaluationModule(L.LightningModule):
         for sample, row in enumerate(batch["rows"]):
             visual = int(generation.inputs.visual_tokens[sample])
             text = int(generation.inputs.text_tokens[sample])
+            # With in-LLM pruning, later layers hold fewer visual tokens: the KV cache holds the per-layer mean.
+            layer_mean = flops[sample].visual_tokens_mean
+            layer_mean = float(visual) if layer_mean is None else float(layer_mean)
+            equivalent = flops[sample].visual_tokens_equivalent
+            equivalent = float(visual) if equivalent is None else float(equivalent)
             records.append(
                 {
                     **row,
                     "prediction": generation.texts[sample],
                     "visual_tokens": visual,
+                    "visual_tokens_layer_mean": layer_mean,
+                    "visual_tokens_equivalent": equivalent,
                     "text_tokens": text,
                     "tflops_prefill": flops[sample].total(1) / 1e12,
                     "tflops_total": flops[sample].total(int(generated[sample])) / 1e12,
-                    "kv_cache_bytes": kv_cache_bytes(target.model.config, visual + text, target.dtype),
+                    "kv_cache_bytes": kv_cache_bytes(target.model.config, layer_mean + text, target.dtype),
                 }
             )
         assert self.store is not None

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+#: Beside a job's result: the kept patches of its first samples (see :mod:`fopru.eval.kept`).
+KEPT_FILE = "kept_patches.json"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class RunResult:
         attention: the attention implementation of the language model (sdpa, flash_attention_2, eager).
         device: where it ran (e.g. "cpu", "NVIDIA H100 80GB HBM3 x2").
         overrides: the job's Hydra overrides, for reproducing it.
+        llm_pruning: the in-LLM pruning method (``none``: visual tokens stay in every layer).
+        kept_tokens_layer_mean: mean over samples of the visual tokens per language-model layer averaged over layers
+            (equals ``kept_tokens`` without in-LLM pruning).
+        kept_tokens_equivalent: the visual-token count with which a pre-LLM method would cost the same prefill: the
+            budget to set in-LLM methods beside pre-LLM ones.
+        method: the method preset (``method=visionzip``), or ``None`` when the groups were chosen one by one.
     """
 
     group: str
@@ -77,6 +85,10 @@ class RunResult:
     attention: str
     device: str
     overrides: list[str] = field(default_factory=list)
+    llm_pruning: str = "none"
+    kept_tokens_layer_mean: float | None = None
+    kept_tokens_equivalent: float | None = None
+    method: str | None = None
 
     @property
     def accuracy(self) -> float:

@@ -57,6 +57,23 @@ class ResultLogger:
         finally:
             run.finish()
 
+    def lightning_logger(self, group: str, name: str, folder: Path, job_type: str) -> Any:
+        """A Lightning ``WandbLogger`` with these settings (training curves), or ``False`` when W&B is disabled."""
+        mode = os.environ.get("WANDB_MODE", self.mode)
+        if mode == "disabled":
+            return False
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(
+            project=self.project,
+            entity=self.entity,
+            group=group,
+            name=name,
+            job_type=job_type,
+            mode=mode,
+            save_dir=str(folder),
+        )
+
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"latency": {"total": 1}}`` -> ``{"latency/total": 1}``."""

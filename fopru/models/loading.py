@@ -19,6 +19,9 @@ from huggingface_hub import constants, try_to_load_from_cache
 from fopru.errors import ConfigError
 
 TINY_PREFIX = "tiny:"
+EMBEDDED_PREFIX = "embedded:"
+#: Trained checkpoints that ship with the package (``embedded:<name>``).
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 def tiny_cache() -> Path:
@@ -52,7 +55,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | None = None) -> str:
     """A path or hub id that ``from_pretrained`` can open now, or a :class:`ConfigError` saying why not.
 
-    ``tiny:<name>`` checkpoints are built once by ``build_tiny(folder)`` (seeded random weights) and saved, so tests
+    ``embedded:<name>`` is a trained checkpoint shipped in ``fopru/checkpoints/<name>``. ``tiny:<name>`` checkpoints
+    are built once by ``build_tiny(folder)`` (seeded random weights) and saved, so tests
     load them through the same ``from_pretrained`` path as real checkpoints.
     """
     if checkpoint.startswith(TINY_PREFIX):
@@ -69,6 +73,16 @@ def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | Non
                 staging.rename(folder)
             except OSError:  # another process renamed its copy first
                 shutil.rmtree(staging, ignore_errors=True)
+        return str(folder)
+    if checkpoint.startswith(EMBEDDED_PREFIX):
+        name = checkpoint.removeprefix(EMBEDDED_PREFIX)
+        folder = EMBEDDED_DIR / name
+        if not (folder / "config.json").is_file():
+            shipped = sorted(path.name for path in EMBEDDED_DIR.glob("*") if (path / "config.json").is_file())
+            raise ConfigError(
+                f"embedded checkpoint {checkpoint!r} is not in {EMBEDDED_DIR}; the package ships {shipped}. "
+                "Train one with stage=train (see the README) and point model.checkpoint at its folder"
+            )
         return str(folder)
     if Path(checkpoint).is_dir():
         return checkpoint

@@ -15,9 +15,12 @@ WORDS = (
 )  # fmt: skip
 
 
-def word_tokenizer(extra_specials: Sequence[str]) -> PreTrainedTokenizerFast:
-    """Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, then ``extra_specials``, then the words; left padding."""
-    vocabulary = [*BASE_SPECIALS, *extra_specials, *WORDS]
+def word_tokenizer(extra_specials: Sequence[str], words: Sequence[str] = WORDS) -> PreTrainedTokenizerFast:
+    """Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, then ``extra_specials``, then ``words``; left padding.
+
+    Text splits on whitespace and punctuation; a word outside the vocabulary becomes ``<unk>``.
+    """
+    vocabulary = [*BASE_SPECIALS, *extra_specials, *words]
     backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(vocabulary)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tokenizer = PreTrainedTokenizerFast(

@@ -1,0 +1,150 @@
+"""stage=train: seeded training of the mini LLaVA, its batches, its checkpoint, and its refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from safetensors.torch import load_file
+
+from fopru.components import CONFIG_DIR, load
+from fopru.data.benchmarks import EasyVQABenchmark
+from fopru.errors import ConfigError
+from fopru.models.base import TargetModel
+from fopru.pipeline import PruningPipeline
+from fopru.run import run
+from fopru.train.data import ConversationCollator, conversations, held_out_positions
+from fopru.train.module import answer_hits
+
+SMOKE = [
+    "stage=train",
+    "model=mini_llava",
+    "data.limit=48",
+    "train.max_steps=3",
+    "train.batch_size=2",
+    "train.val_every=2",
+    "train.val_samples=4",
+    "logger=none",
+]
+
+
+def train_in(folder: Path, *overrides: str) -> Path:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_eval", overrides=[*SMOKE, f"train.output={folder / 'checkpoint'}", *overrides])
+    run(cfg)
+    return folder / "checkpoint"
+
+
+def test_training_is_seeded_reproducible_and_saves_a_loadable_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = train_in(tmp_path / "a")
+    second = train_in(tmp_path / "b")
+    other_seed = train_in(tmp_path / "c", "seed=1")
+    weights = [load_file(folder / "model.safetensors") for folder in (first, second, other_seed)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not all(torch.equal(weights[0][name], weights[2][name]) for name in weights[0])
+
+    summary = json.loads((first / "training.json").read_text())
+    assert summary["steps"] == 3 and summary["seed"] == 0
+    assert 0.0 <= summary["validation"]["val/answer_accuracy"] <= 1.0
+
+    # The trained folder is an ordinary checkpoint: the LLaVA adapter loads it with from_pretrained and generates.
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.checkpoint = str(first)
+    for name, tensor in adapter.load().model.state_dict().items():
+        if name in weights[0]:
+            assert torch.equal(tensor, weights[0][name]), name
+
+
+def test_conversations_put_each_image_s_questions_together_in_chunks() -> None:
+    groups = ["a", "a", "b", "a", "b", "c"]
+    chunks = conversations(groups, [0, 1, 2, 3, 4], max_turns=2, seed=0)
+    assert sorted(position for chunk in chunks for position in chunk) == [0, 1, 2, 3, 4]  # c is not asked for
+    assert all(len({groups[position] for position in chunk}) == 1 for chunk in chunks)
+    assert sorted(len(chunk) for chunk in chunks) == [1, 2, 2]  # a: 2 + 1, b: 2
+    assert conversations(groups, [0, 1, 2, 3, 4], max_turns=2, seed=0) == chunks
+
+
+def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zero(tmp_path: Path) -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.build_untrained(tmp_path, seed=0)
+    adapter.checkpoint = str(tmp_path)
+    tokenizer = adapter.processor.tokenizer
+    image = Image.new("RGB", (64, 64), "white")
+    items = [
+        {"image": image, "turns": [("what color is the shape?", "red"), ("is there a circle?", "yes")]},
+        {"image": image, "turns": [("what shape is in the image?", "triangle")]},
+    ]
+    batch = ConversationCollator(adapter)(items)
+    first = adapter.processor(images=[image], text=[adapter.format_prompt("what color is the shape?")])
+    expected_tokens = [
+        *first["input_ids"][0],
+        *tokenizer.convert_tokens_to_ids(["red", "</s>", "USER", ":", "is", "there", "a", "circle", "?"]),
+        *tokenizer.convert_tokens_to_ids(["ASSISTANT", ":", "yes", "</s>"]),
+    ]
+    assert batch["input_ids"][0].tolist() == expected_tokens  # the longer sample: no padding
+    labels = batch["labels"][0]
+    assert tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist()) == ["red", "</s>", "yes", "</s>"]
+    real = batch["attention_mask"][1].bool()
+    assert not real[0] and real[-1]  # left padding
+    assert batch["position_ids"][1][real].tolist() == list(range(int(real.sum())))
+    labels = batch["labels"][1]
+    assert tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist()) == ["triangle", "</s>"]
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+
+
+def test_answer_hits_counts_whole_answers_by_hand() -> None:
+    labels = torch.tensor([[-100, -100, 3, 4, -100, 2], [-100, 1, -100, -100, -100, -100]])
+    logits = torch.zeros(2, 6, 5)
+    for sample, position, token in [(0, 2, 3), (0, 3, 4), (0, 5, 1), (1, 1, 1)]:
+        logits[sample, position - 1, token] = 1.0  # logits at t predict the token at t + 1
+    correct, answers = answer_hits(logits, labels)
+    assert answers == 3  # (0: positions 2-3), (0: position 5), (1: position 1)
+    assert float(correct) == 2.0  # the second answer of sample 0 predicts 1, not 2
+
+
+def test_held_out_images_take_all_their_questions() -> None:
+    groups = [image for image in range(40) for _ in range(3)]
+    held = held_out_positions(groups, 0.1, seed=0)
+    held_images = {groups[position] for position in held}
+    assert len(held_images) == 4
+    assert held == {position for position, image in enumerate(groups) if image in held_images}
+    assert held_out_positions(groups, 0.1, seed=0) == held
+    assert held_out_positions(groups, 0.1, seed=1) != held
+
+
+def test_the_shipped_mini_llava_answers_easy_vqa() -> None:
+    """The embedded checkpoint is the trained one, not an untrained architecture (about 40% by always answering
+    "yes"/"no"): unpruned exact match on 120 seeded test questions. On the whole test split it scores 84.6%."""
+    adapter = load("model", "mini_llava", TargetModel)
+    dataset = EasyVQABenchmark(limit=120, seed=0).load()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        pipeline = PruningPipeline.from_config(compose(config_name="train_eval", overrides=["strategy=none"]))
+    correct = 0
+    for start in range(0, len(dataset), 40):
+        rows = dataset.select(range(start, min(len(dataset), start + 40)))
+        inputs = adapter.prepare(list(rows["image"]), [adapter.format_prompt(prompt) for prompt in rows["prompt"]])
+        texts = adapter.generate(inputs, pipeline, max_new_tokens=4).texts
+        correct += sum(text == answer for text, answer in zip(texts, rows["answer"], strict=True))
+    assert correct / len(dataset) >= 0.75
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=tiny_llava"], "cannot be trained from scratch"),
+        (["data=pope"], "has no training split"),
+        (["train.max_steps=0"], "train.max_steps=0"),
+    ],
+)
+def test_training_refuses_what_it_cannot_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        train_in(tmp_path, *overrides)

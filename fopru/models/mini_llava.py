@@ -13,17 +13,11 @@ from pathlib import Path
 
 import easy_vqa
 import torch
-from transformers import (
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-)
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from fopru.data.benchmarks import SHORT_ANSWER
 from fopru.models.llava import LlavaAdapter
+from fopru.models.tiny.llava import llava_processor
 from fopru.models.tiny.tokenizer import word_tokenizer
 
 IMAGE_SIZE, PATCH_SIZE = 64, 4
@@ -72,19 +66,8 @@ def build_mini_llava(folder: Path, seed: int, prompt_template: str) -> None:
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
     model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
 
 
 class MiniLlavaAdapter(LlavaAdapter):

@@ -66,16 +66,22 @@ def build_tiny_llava(folder: Path) -> None:
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
     scale_weights(model)
+    model.save_pretrained(folder)
+    llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
+
+
+def llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    """LLaVA-1.5's processor around ``tokenizer``: the PIL CLIP image processor at ``image_size`` (resize the short
+    side, centre crop), one ``<image>`` placeholder per patch plus one for [CLS] (dropped by the "default"
+    feature selection)."""
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,
     )
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)

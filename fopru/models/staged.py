@@ -15,40 +15,21 @@ multiplies only the last query by the keys. No layer falls back to eager attenti
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, DynamicCache
+from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from fopru.errors import ConfigError
 from fopru.llm_pruning.base import Drop, rank_visual
-from fopru.models.tap import VisionAttentionTap
-
-ROWS_IMPLEMENTATION = "fopru_last_query"
+from fopru.models.tap import AttentionProbe
 
 
-def _last_query_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    probe: LastQueryAttention = getattr(module, "_fopru_last_query")  # noqa: B009 - typed for tensors otherwise
-    output = probe.kernel(module, query, key, value, attention_mask, **kwargs)
-    probe.record(query, key, kwargs.get("scaling"), attention_mask)
-    return output
-
-
-class LastQueryAttention:
+class LastQueryAttention(AttentionProbe):
     """Context manager recording, for one attention module, the attention of the last query over all keys.
 
     :attr:`rows` is (B, L) float32: the softmax probabilities of the last position's query against every key
@@ -57,31 +38,14 @@ class LastQueryAttention:
     (B, H, 1, L) score block is formed.
     """
 
+    implementation = "fopru_last_query"
+
     def __init__(self, attention: nn.Module) -> None:
-        config = getattr(attention, "config", None)
-        if config is None or not hasattr(config, "_attn_implementation"):
-            raise ConfigError(f"{type(attention).__name__} has no transformers config; probe an attention module")
-        self.attention = attention
-        self.kernel = VisionAttentionTap._module_kernel(attention, config._attn_implementation)
+        super().__init__(attention)
         self.rows: torch.Tensor | None = None
-        self._original_config: Any = None
 
-    def __enter__(self) -> LastQueryAttention:
-        if ROWS_IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS:
-            AttentionInterface.register(ROWS_IMPLEMENTATION, _last_query_attention)
+    def reset(self) -> None:
         self.rows = None
-        self._original_config = self.attention.config
-        probed = copy.copy(self._original_config)
-        probed._attn_implementation = ROWS_IMPLEMENTATION
-        self.attention.config = probed
-        setattr(self.attention, "_fopru_last_query", self)  # noqa: B010 - a plain attribute, not a submodule
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.attention.config = self._original_config
-        del self.attention._fopru_last_query
 
     def record(
         self, query: torch.Tensor, key: torch.Tensor, scaling: float | None, attention_mask: torch.Tensor | None

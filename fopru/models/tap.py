@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import copy
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -25,10 +26,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from fopru.errors import ConfigError
 from fopru.significance.attention import AttentionReduction, AttentionSummary, summarize_query_key
 
-TAP_IMPLEMENTATION = "fopru_tap"
 
-
-def _tapped_attention(
+def _probed_attention(
     module: nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -36,36 +35,29 @@ def _tapped_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    tap: VisionAttentionTap = getattr(module, "_fopru_tap")  # noqa: B009 - nn.Module's __getattr__ is typed for tensors
-    output = tap.kernel(module, query, key, value, attention_mask, **kwargs)
-    tap.record(query, key, kwargs.get("scaling"), attention_mask)
+    probe: AttentionProbe = getattr(module, "_fopru_probe")  # noqa: B009 - nn.Module's __getattr__ is typed for tensors
+    output = probe.kernel(module, query, key, value, attention_mask, **kwargs)
+    probe.record(query, key, kwargs.get("scaling"), attention_mask)
     return output
 
 
-class VisionAttentionTap:
-    """Context manager that records an :class:`AttentionSummary` of one attention module per forward call.
-
-    Args:
-        attention: the attention module of the tapped layer (``encoder.layers[i].self_attn`` for CLIP/SigLIP,
-            ``visual.blocks[i].attn`` for Qwen2-VL).
-        reduction: how scores are formed (probabilities or logits, when [CLS] is dropped).
-        has_cls: whether position 0 of each sequence is a [CLS] token.
-
-    Each call of the module appends one summary (Qwen's vision tower calls once per image); :meth:`summary`
-    concatenates them along the batch dimension. Nothing is kept between ``with`` blocks.
+class AttentionProbe(ABC):
+    """Context manager that runs one attention module through a function registered (as :attr:`implementation`)
+    with transformers' AttentionInterface: it calls the module's own kernel unchanged, then hands that call's
+    queries and keys to :meth:`record`. Only this module's config copy names the function; every other module
+    keeps its kernel. Subclasses say what to record; :meth:`reset` clears it when a ``with`` block starts.
     """
 
-    def __init__(self, attention: nn.Module, reduction: AttentionReduction, has_cls: bool) -> None:
+    implementation: ClassVar[str]
+
+    def __init__(self, attention: nn.Module) -> None:
         config = getattr(attention, "config", None)
         if config is None or not hasattr(config, "_attn_implementation"):
             raise ConfigError(
-                f"{type(attention).__name__} has no transformers config; tap the layer's attention module"
+                f"{type(attention).__name__} has no transformers config; probe the layer's attention module"
             )
         self.attention = attention
-        self.reduction = reduction
-        self.has_cls = has_cls
         self.kernel = self._module_kernel(attention, config._attn_implementation)
-        self.summaries: list[AttentionSummary] = []
         self._original_config: Any = None
 
     @staticmethod
@@ -81,15 +73,25 @@ class VisionAttentionTap:
         kernel: Callable[..., Any] = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager)
         return kernel
 
-    def __enter__(self) -> VisionAttentionTap:
-        if TAP_IMPLEMENTATION not in ALL_ATTENTION_FUNCTIONS:
-            AttentionInterface.register(TAP_IMPLEMENTATION, _tapped_attention)
-        self.summaries = []
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget what earlier ``with`` blocks recorded."""
+
+    @abstractmethod
+    def record(
+        self, query: torch.Tensor, key: torch.Tensor, scaling: float | None, attention_mask: torch.Tensor | None
+    ) -> None:
+        """Take one call's (B, H, q, d) queries and (B, K, k, d) keys (projected and rotated)."""
+
+    def __enter__(self) -> Self:
+        if self.implementation not in ALL_ATTENTION_FUNCTIONS:
+            AttentionInterface.register(self.implementation, _probed_attention)
+        self.reset()
         self._original_config = self.attention.config
-        tapped_config = copy.copy(self._original_config)
-        tapped_config._attn_implementation = TAP_IMPLEMENTATION
-        self.attention.config = tapped_config
-        setattr(self.attention, "_fopru_tap", self)  # noqa: B010 - a plain attribute, not a submodule
+        probed_config = copy.copy(self._original_config)
+        probed_config._attn_implementation = self.implementation
+        self.attention.config = probed_config
+        setattr(self.attention, "_fopru_probe", self)  # noqa: B010 - a plain attribute, not a submodule
         return self
 
     def __exit__(
@@ -99,7 +101,32 @@ class VisionAttentionTap:
         traceback: TracebackType | None,
     ) -> None:
         self.attention.config = self._original_config
-        del self.attention._fopru_tap
+        del self.attention._fopru_probe
+
+
+class VisionAttentionTap(AttentionProbe):
+    """Context manager that records an :class:`AttentionSummary` of one attention module per forward call.
+
+    Args:
+        attention: the attention module of the tapped layer (``encoder.layers[i].self_attn`` for CLIP/SigLIP,
+            ``visual.blocks[i].attn`` for Qwen2-VL).
+        reduction: how scores are formed (probabilities or logits, when [CLS] is dropped).
+        has_cls: whether position 0 of each sequence is a [CLS] token.
+
+    Each call of the module appends one summary (Qwen's vision tower calls once per image); :meth:`summary`
+    concatenates them along the batch dimension. Nothing is kept between ``with`` blocks.
+    """
+
+    implementation = "fopru_tap"
+
+    def __init__(self, attention: nn.Module, reduction: AttentionReduction, has_cls: bool) -> None:
+        super().__init__(attention)
+        self.reduction = reduction
+        self.has_cls = has_cls
+        self.summaries: list[AttentionSummary] = []
+
+    def reset(self) -> None:
+        self.summaries = []
 
     def record(
         self,

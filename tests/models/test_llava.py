@@ -106,17 +106,23 @@ def test_a_pruned_batch_generates_what_each_sample_generates_alone(adapter: Llav
         assert torch.equal(together.tokens[position, :length], alone.tokens[0])
 
 
-def test_significance_comes_from_the_feature_layer(adapter: LlavaAdapter) -> None:
-    """The adapter's rank selection equals the public API on eager attention weights of layers[-2]."""
-    batch = batch_of(adapter, [0, 1])
-    inputs = adapter.prefill_inputs(batch, make_pipeline("rank", keep=0.25))
+def eager_attentions(adapter: LlavaAdapter, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every vision layer's attention weights, from the stock tower switched to eager attention for one call."""
     tower = adapter.model.model.vision_tower
     tower.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            attentions = tower(batch["pixel_values"], output_attentions=True).attentions
+            attentions: tuple[torch.Tensor, ...] = tower(pixel_values, output_attentions=True).attentions
     finally:
         tower.set_attn_implementation("sdpa")
+    return attentions
+
+
+def test_significance_comes_from_the_feature_layer(adapter: LlavaAdapter) -> None:
+    """The adapter's rank selection equals the public API on eager attention weights of layers[-2]."""
+    batch = batch_of(adapter, [0, 1])
+    inputs = adapter.prefill_inputs(batch, make_pipeline("rank", keep=0.25))
+    attentions = eager_attentions(adapter, batch["pixel_values"])
     significance = fopru.focal_significance(attentions[-2], has_cls=True)
     expected = fopru.select_tokens(significance, (6, 6), 0.25, "rank")
     assert torch.equal(torch.stack([image.indices for image in inputs.images]), expected)
@@ -198,13 +204,7 @@ def test_strategy_attention_without_a_reading_source_is_tapped(adapter: LlavaAda
     inputs = adapter.prefill_inputs(batch, make_pipeline("visionzip", keep=0.25, significance="uniform"))
     reference = adapter.prefill_inputs(batch, make_pipeline("visionzip", keep=0.25, significance="cls"))
     assert torch.equal(inputs.images[0].indices, reference.images[0].indices)
-    tower = adapter.model.model.vision_tower
-    tower.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            attentions = tower(batch["pixel_values"], output_attentions=True).attentions
-    finally:
-        tower.set_attn_implementation("sdpa")
+    attentions = eager_attentions(adapter, batch["pixel_values"])
     cls_row = attentions[-2][0].mean(dim=0)[0, 1:]  # head mean of the [CLS] row over the 36 patches
     dominant = VisionZipStrategy().split(9)[0]  # floor(0.25 * 36) = 9 tokens: 8 dominant, 1 contextual
     expected = cls_row.topk(dominant).indices.sort().values

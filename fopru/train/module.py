@@ -14,45 +14,103 @@ from fopru.train.recipe import TrainingRecipe
 log = logging.getLogger(__name__)
 
 
-class TrainingModule(L.LightningModule):
-    """Fits a transformers vision-language model on answer tokens.
+PHASES = ("vision", "language")
+PROBE_TARGETS = ("answer_tokens", "answer_choices")
 
-    Logs ``train/loss`` every step and, per validation, ``val/loss`` and ``val/answer_accuracy``: the fraction of
-    held-out answers whose every token (and the end of sequence) is the argmax under teacher forcing, which for the
-    first turn is what greedy decoding returns.
+
+class TrainingModule(L.LightningModule):
+    """Fits a transformers vision-language model, one phase of :class:`TrainingRecipe` at a time.
+
+    ``language``: next-token loss on the answer tokens (plus the answer probe when ``answer_probe`` > 0); logs
+    ``train/lm_loss`` every step and, per validation, ``val/loss`` and ``val/answer_accuracy``: the fraction of held-out
+    answers whose every token (and the end of sequence) is the argmax under teacher forcing, which for the first turn
+    is what greedy decoding returns.
+
+    ``vision``: only the answer probe on the vision tower's features (projector and language model do not run); logs
+    ``train/probe_loss``, ``val/probe_loss`` and ``val/probe_accuracy`` (answers that are not yes/no, each chosen
+    among its question's answers).
     """
 
-    def __init__(self, model: Any, recipe: TrainingRecipe) -> None:
+    def __init__(self, model: Any, recipe: TrainingRecipe, phase: str = "language") -> None:
         super().__init__()
+        if phase not in PHASES:
+            raise ValueError(f"phase={phase!r} is not one of {', '.join(PHASES)}")
         self.model = model
         self.recipe = recipe
+        self.phase = phase
         text = model.config.get_text_config()
         # Training-only: not part of the saved model.
-        self.probe = torch.nn.Linear(text.hidden_size, text.vocab_size) if recipe.answer_probe > 0 else None
+        # The vision phase probes the vision features the projector reads (the projector learns with the language
+        # model, as in LLaVA); the language phase's optional probe reads the projected tokens.
+        width = model.config.vision_config.hidden_size if phase == "vision" else text.hidden_size
+        wants_probe = phase == "vision" or recipe.answer_probe > 0
+        self.probe = torch.nn.Linear(width, text.vocab_size) if wants_probe else None
+        if phase == "language" and recipe.freeze_vision:
+            self.model.model.vision_tower.requires_grad_(False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(**{key: value for key, value in batch.items() if key != "answer_tokens"})
+        return self.model(**{key: value for key, value in batch.items() if key not in PROBE_TARGETS})
+
+    def probe_logits(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The answer probe: logits over the vocabulary from each image's mean visual token, once per question, with
+        the tokens that are not among the question's answer choices masked out."""
+        assert self.probe is not None
+        choices = batch["answer_choices"]
+        pooled = features.reshape(choices.shape[0], -1, self.probe.in_features).mean(dim=1)
+        logits = self.probe(pooled)[:, None].expand(-1, choices.shape[1], -1)
+        return logits.masked_fill(~choices, torch.finfo(logits.dtype).min)
+
+    def probe_loss(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the answer probe against the first token of each of the image's answers that are not yes
+        or no, among the question's choices: in effect one classifier per question (shape, colour)."""
+        answers = batch["answer_tokens"]
+        logits = self.probe_logits(features, batch)
+        if not (answers != -100).any():
+            return logits.clamp_min(0).sum() * 0.0  # keeps the graph (DDP) when no answer is open
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), answers.flatten(), ignore_index=-100
+        )
+
+    def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The vision features the projector reads (``vision_feature_layer``, [CLS] left out as LLaVA's ``default``
+        strategy does), without running the projector or the language model."""
+        config = self.model.config
+        output = self.model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
+        features: torch.Tensor = output.hidden_states[config.vision_feature_layer]
+        return features[:, 1:] if config.vision_feature_select_strategy == "default" else features
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        size = batch["answer_tokens"].shape[0]
+        if self.phase == "vision":
+            loss = self.probe_loss(self.image_features(batch), batch)
+            self.log("train/probe_loss", loss, prog_bar=True, batch_size=size)
+            return loss
         output = self(batch)
-        loss: torch.Tensor = output.loss
-        size = batch["labels"].shape[0]
+        loss = output.loss
         self.log("train/lm_loss", loss, prog_bar=True, batch_size=size)
         if self.probe is not None:
-            pooled = output.image_hidden_states.reshape(size, -1, self.probe.in_features).mean(dim=1)
-            logits = self.probe(pooled)[:, None].expand(-1, batch["answer_tokens"].shape[1], -1)
-            probe_loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch["answer_tokens"].flatten(), ignore_index=-100
-            )
+            probe_loss = self.probe_loss(output.image_hidden_states, batch)
             self.log("train/probe_loss", probe_loss, batch_size=size)
             loss = loss + self.recipe.answer_probe * probe_loss
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.phase == "vision":
+            features = self.image_features(batch)
+            answers = batch["answer_tokens"]
+            labelled = answers != -100
+            count = int(labelled.sum())
+            if count == 0:
+                return
+            correct = ((self.probe_logits(features, batch).argmax(dim=-1) == answers) & labelled).sum().float()
+            loss = self.probe_loss(features, batch)
+            self.log("val/probe_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+            self.log("val/probe_accuracy", correct / count, prog_bar=True, batch_size=count, sync_dist=True)
+            return
         output = self(batch)
-        correct, answers = answer_hits(output.logits, batch["labels"])
-        self.log("val/loss", output.loss, prog_bar=True, batch_size=answers, sync_dist=True)
-        self.log("val/answer_accuracy", correct / answers, prog_bar=True, batch_size=answers, sync_dist=True)
+        hits, count = answer_hits(output.logits, batch["labels"])
+        self.log("val/loss", output.loss, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log("val/answer_accuracy", hits / count, prog_bar=True, batch_size=count, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if key.startswith("val/")}
@@ -61,18 +119,30 @@ class TrainingModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         recipe = self.recipe
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        if self.phase == "vision":
+            named = [
+                (name, parameter)
+                for name, parameter in self.named_parameters()
+                if name.startswith(("model.model.vision_tower", "probe"))
+            ]
+            learning_rate, steps = recipe.vision_learning_rate, recipe.vision_steps
+        else:
+            named = list(self.named_parameters())
+            learning_rate, steps = recipe.learning_rate, recipe.max_steps
+        named = [(name, parameter) for name, parameter in named if parameter.requires_grad]
+        decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=recipe.learning_rate,
+            lr=learning_rate,
             betas=(0.9, 0.95),
         )
+        warmup = min(recipe.warmup_steps, steps)
 
         def factor(step: int) -> float:
-            if step < recipe.warmup_steps:
-                return (step + 1) / recipe.warmup_steps
-            progress = (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps)
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, steps - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from fopru.errors import ConfigError
 
+AUGMENTATIONS = ("none", "dihedral")
+
 
 class TrainingRecipe:
-    """How ``stage=train`` fits a model: AdamW with linear warm-up and cosine decay to zero, for ``max_steps``.
+    """How ``stage=train`` fits a model, in up to two phases, each AdamW with linear warm-up and cosine decay to zero.
+
+    1. Vision (``vision_steps`` > 0): the vision tower learns, without projector and language model, to answer the
+       questions about each image that are not yes/no from its mean visual feature (a linear answer probe choosing
+       among the answers each question received in training: in effect a shape and a colour classifier on
+       easy-VQA). This stands in for the pretrained vision encoder every LVLM starts from.
+    2. Language (``max_steps``): next-token loss on the answers of multi-turn conversations about each image; with
+       ``freeze_vision`` the vision tower stays as phase 1 left it (as in LLaVA-1.5) and only projector and
+       language model learn.
 
     Args:
-        max_steps: optimizer steps.
+        max_steps: optimizer steps of the language phase.
         batch_size: conversations (images) per step (per process under DDP).
         max_turns: questions about one image per conversation (an image with more has several conversations).
         learning_rate: peak learning rate.
@@ -18,13 +28,19 @@ class TrainingRecipe:
         answer_probe: weight of an auxiliary loss that asks a linear probe on the image's mean projected visual token
             to predict the first token of each of its answers (0: none). It gives the vision tower a direct signal
             for what the answers need (a shape, a colour) instead of only through the language model.
+        vision_steps: optimizer steps of the vision phase (0: none; the language phase trains the tower from scratch).
+        vision_batch_size: conversations per vision-phase step.
+        vision_learning_rate: peak learning rate of the vision phase.
+        freeze_vision: keep the vision tower fixed during the language phase.
+        augment: ``dihedral``: each training image is rotated by a random multiple of 90 degrees and maybe mirrored
+            (for benchmarks whose answers do not depend on orientation, such as easy-VQA); ``none``.
         gradient_clip: maximum global gradient norm (AdamW betas are 0.9 / 0.95, as for small transformers trained
             from scratch).
         val_fraction: fraction of the training images held out, with all their questions, for validation.
         val_every: steps between validations (and between resumable ``last.ckpt`` saves).
         val_samples: held-out questions scored per validation (a seeded subset, as conversations; null: all).
         output: where the trained checkpoint is saved (``save_pretrained``); null: ``checkpoint/`` in the run folder.
-        resume: a ``last.ckpt`` of an interrupted run to continue from, or null.
+        resume: the folder of an interrupted training run to continue (its ``lightning/<phase>/last.ckpt``), or null.
     """
 
     def __init__(
@@ -37,6 +53,11 @@ class TrainingRecipe:
         warmup_steps: int = 100,
         answer_probe: float = 1.0,
         gradient_clip: float = 1.0,
+        vision_steps: int = 0,
+        vision_batch_size: int = 64,
+        vision_learning_rate: float = 2e-3,
+        freeze_vision: bool = False,
+        augment: str = "none",
         val_fraction: float = 0.05,
         val_every: int = 250,
         val_samples: int | None = 1000,
@@ -48,11 +69,19 @@ class TrainingRecipe:
             ("batch_size", batch_size),
             ("max_turns", max_turns),
             ("val_every", val_every),
+            ("vision_batch_size", vision_batch_size),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"train.{name}={value!r} must be a positive integer")
-        if not learning_rate > 0:
-            raise ConfigError(f"train.learning_rate={learning_rate!r} must be positive")
+        if isinstance(vision_steps, bool) or not isinstance(vision_steps, int) or vision_steps < 0:
+            raise ConfigError(f"train.vision_steps={vision_steps!r} must be an integer >= 0 (0: no vision phase)")
+        if not (learning_rate > 0 and vision_learning_rate > 0):
+            raise ConfigError(
+                f"train.learning_rate={learning_rate!r} and vision_learning_rate={vision_learning_rate!r} "
+                "must be positive"
+            )
+        if augment not in AUGMENTATIONS:
+            raise ConfigError(f"train.augment={augment!r} is not one of {', '.join(AUGMENTATIONS)}")
         if answer_probe < 0:
             raise ConfigError(f"train.answer_probe={answer_probe!r} must be >= 0")
         if not gradient_clip > 0:
@@ -71,6 +100,11 @@ class TrainingRecipe:
         self.warmup_steps = warmup_steps
         self.gradient_clip = float(gradient_clip)
         self.answer_probe = float(answer_probe)
+        self.vision_steps = vision_steps
+        self.vision_batch_size = vision_batch_size
+        self.vision_learning_rate = float(vision_learning_rate)
+        self.freeze_vision = bool(freeze_vision)
+        self.augment = augment
         self.val_fraction = float(val_fraction)
         self.val_every = val_every
         self.val_samples = val_samples

@@ -15,8 +15,9 @@ from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from fopru.run import run
-from fopru.train.data import ConversationCollator, conversations, held_out_positions
+from fopru.train.data import ConversationCollator, answer_choices, conversations, held_out_positions
 from fopru.train.module import answer_hits
+from tests.eval.test_evaluate import train_eval
 
 SMOKE = [
     "stage=train",
@@ -24,6 +25,8 @@ SMOKE = [
     "data.limit=48",
     "train.max_steps=3",
     "train.batch_size=2",
+    "train.vision_steps=2",
+    "train.vision_batch_size=2",
     "train.val_every=2",
     "train.val_samples=4",
     "logger=none",
@@ -97,6 +100,25 @@ def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zer
     assert tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist()) == ["triangle", "</s>"]
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
 
+    # The answer probe's targets: open answers only, each among its question's answers in training.
+    choices = answer_choices(
+        ["what color is the shape?", "what color is the shape?", "is there a circle?", "what shape is in the image?"],
+        ["red", "blue", "yes", "triangle"],
+        [0, 1, 2],
+    )
+    assert choices == {"what color is the shape?": ["blue", "red"], "is there a circle?": ["yes"]}
+    probe = ConversationCollator(adapter, choices=choices)(items)
+    tokens = probe["answer_tokens"].tolist()
+    red, triangle = tokenizer.convert_tokens_to_ids(["red", "triangle"])
+    assert tokens == [[red, -100], [triangle, -100]]
+    offered = probe["answer_choices"]
+    assert sorted(tokenizer.convert_ids_to_tokens(offered[0, 0].nonzero().flatten().tolist())) == ["blue", "red"]
+    assert offered[1, 0].all()  # a question never seen in training: any token
+    images_only = ConversationCollator(adapter, choices=choices, text=False)(items)
+    assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices"}
+    assert torch.equal(images_only["pixel_values"], batch["pixel_values"])
+    assert torch.equal(images_only["answer_choices"], offered)
+
 
 def test_answer_hits_counts_whole_answers_by_hand() -> None:
     labels = torch.tensor([[-100, -100, 3, 4, -100, 2], [-100, 1, -100, -100, -100, -100]])
@@ -140,6 +162,9 @@ def test_the_shipped_mini_llava_answers_easy_vqa() -> None:
         (["model=tiny_llava"], "cannot be trained from scratch"),
         (["data=pope"], "has no training split"),
         (["train.max_steps=0"], "train.max_steps=0"),
+        (["train.augment=mirror"], "train.augment='mirror' is not one of none, dihedral"),
+        (["train.vision_steps=-1"], "train.vision_steps=-1"),
+        (["train.resume=nowhere"], "train.resume='nowhere' is not a training run folder"),
     ],
 )
 def test_training_refuses_what_it_cannot_do(
@@ -148,3 +173,45 @@ def test_training_refuses_what_it_cannot_do(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
         train_in(tmp_path, *overrides)
+
+
+def test_resuming_from_a_language_checkpoint_skips_the_vision_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = train_in(tmp_path / "a", "train.max_steps=2")
+    assert json.loads((first / "training.json").read_text())["phases"].keys() == {"vision", "language"}
+    assert (tmp_path / "lightning" / "vision" / "last.ckpt").is_file()
+    assert (tmp_path / "lightning" / "language" / "last.ckpt").is_file()
+    resumed = train_in(tmp_path / "b", "train.max_steps=4", f"train.resume={tmp_path}")
+    summary = json.loads((resumed / "training.json").read_text())
+    assert summary["phases"].keys() == {"language"} and summary["steps"] == 4
+
+
+def test_dihedral_augmentation_turns_pixels_by_a_symmetry_of_the_square(tmp_path: Path) -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.load()
+    image = Image.fromarray(torch.arange(64 * 64 * 3, dtype=torch.uint8).reshape(64, 64, 3).numpy())
+    item = {"image": image, "turns": [("what shape is in the image?", "circle")]}
+    plain = ConversationCollator(adapter)([item])["pixel_values"][0]
+    turned = ConversationCollator(adapter, "dihedral", seed=0)
+    symmetries = [torch.rot90(plain, k, dims=(1, 2)) for k in range(4)]
+    symmetries += [symmetry.flip(-1) for symmetry in symmetries]
+    seen = set()
+    for _ in range(40):
+        pixels = turned([item])["pixel_values"][0]
+        [index] = [i for i, symmetry in enumerate(symmetries) if torch.equal(pixels, symmetry)]
+        seen.add(index)
+    assert seen == set(range(8))
+
+
+def test_two_ddp_processes_train_both_phases(tmp_path: Path) -> None:
+    run = train_eval(
+        *[override for override in SMOKE if override != "logger=none"],
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "hydra.run.dir=.", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "checkpoint" / "training.json").read_text())
+    assert summary["devices"] == 2
+    assert {phase: values["steps"] for phase, values in summary["phases"].items()} == {"vision": 2, "language": 3}
+    assert len(list(tmp_path.rglob("offline-run-*"))) == 2  # one W&B run per phase

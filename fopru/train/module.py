@@ -63,8 +63,11 @@ class TrainingModule(L.LightningModule):
     def probe_loss(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the answer probe against the first token of each of the image's answers that are not yes
         or no, among the question's choices: in effect one classifier per question (shape, colour)."""
-        answers = batch["answer_tokens"]
-        logits = self.probe_logits(features, batch)
+        return self.answer_loss(self.probe_logits(features, batch), batch["answer_tokens"])
+
+    @staticmethod
+    def answer_loss(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of probe ``logits`` (images, turns, vocabulary) against ``answers`` (-100: none)."""
         if not (answers != -100).any():
             return logits.clamp_min(0).sum() * 0.0  # keeps the graph (DDP) when no answer is open
         return torch.nn.functional.cross_entropy(
@@ -102,8 +105,9 @@ class TrainingModule(L.LightningModule):
             count = int(labelled.sum())
             if count == 0:
                 return
-            correct = ((self.probe_logits(features, batch).argmax(dim=-1) == answers) & labelled).sum().float()
-            loss = self.probe_loss(features, batch)
+            logits = self.probe_logits(features, batch)
+            correct = ((logits.argmax(dim=-1) == answers) & labelled).sum().float()
+            loss = self.answer_loss(logits, answers)
             self.log("val/probe_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
             self.log("val/probe_accuracy", correct / count, prog_bar=True, batch_size=count, sync_dist=True)
             return

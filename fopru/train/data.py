@@ -4,14 +4,18 @@ validation set of whole images.
 Like LLaVA's instruction data, one sequence holds one image and several of its questions as successive turns
 (``USER: <image>\\n<q1> ASSISTANT: <a1></s>USER: <q2> ASSISTANT: <a2></s>...``), with the loss on the answers only.
 The image is encoded once for all its questions, so a step carries several times more answers for its cost than
-one question per sequence; the first turn is exactly the prompt evaluation prefills.
+one question per sequence. With ``turns="isolated"`` (the default) the turns share only the image prefix: an
+attention mask keeps each turn from seeing the others, so every turn is exactly the prompt evaluation prefills
+(one question alone) and no answer can be read off an earlier one (``is there a circle?`` after ``what shape ...?
+circle``); ``chained`` is the plain multi-turn conversation.
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -19,8 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fopru.data.base import Benchmark
+from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
-from fopru.train.recipe import TrainingRecipe
+from fopru.train.recipe import TURN_LAYOUTS, TrainingRecipe
 
 IGNORE = -100
 
@@ -45,6 +50,25 @@ def answer_choices(prompts: Sequence[str], answers: Sequence[str], positions: Se
     for position in positions:
         choices[prompts[position]].add(str(answers[position]))
     return {prompt: sorted(seen) for prompt, seen in choices.items()}
+
+
+def yes_no_weights(
+    prompts: Sequence[str], answers: Sequence[str], positions: Sequence[int]
+) -> dict[tuple[str, str], float]:
+    """(question, answer) -> loss weight for the yes/no answers at ``positions``: ``1 / (2 x the share of that answer
+    among the question's)``, so that under the weights each question is answered yes and no equally often and its
+    wording alone predicts nothing (easy-VQA's ``is there a red shape?`` is ``no`` 86% of the time). A question always
+    answered the same way keeps weight 1."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for position in positions:
+        if is_yes_no(str(answers[position])):
+            counts[prompts[position]][str(answers[position])] += 1
+    weights = {}
+    for prompt, seen in counts.items():
+        total = sum(seen.values())
+        for answer, count in seen.items():
+            weights[(prompt, answer)] = total / (len(seen) * count)
+    return weights
 
 
 def conversations(groups: Sequence[Any], positions: Sequence[int], max_turns: int | None, seed: int) -> list[list[int]]:
@@ -86,9 +110,12 @@ class ConversationSet(Dataset[dict[str, Any]]):
 class ConversationCollator:
     """Conversations -> the model's inputs for teacher forcing, left-padded, loss on the answer tokens only.
 
-    The first turn is the prompt evaluation uses (:meth:`TargetModel.format_prompt`, the processor expanding the
-    image placeholder), later turns follow :attr:`TargetModel.follow_up_template`; each answer is
-    ``" <answer></s>"``. Positions count real tokens from 0, as the adapters number an unpruned prompt.
+    ``turns="isolated"``: every turn is the prompt evaluation uses (:meth:`TargetModel.format_prompt`, the processor
+    expanding the image placeholder), the turns sharing the image prefix and otherwise masked from each other
+    (``attention_mask`` is then (batch, 1, length, length), True: may attend; see :meth:`isolated`). ``chained``: the
+    first turn is that prompt, later turns follow :attr:`TargetModel.follow_up_template`. Each answer is
+    ``" <answer></s>"``; positions count real tokens from 0, as the adapters number an unpruned prompt. ``weights``
+    ((question, answer) -> loss weight, 1 for pairs not in it) add ``label_weights`` to the batch.
     ``answer_tokens`` (the first token of each turn's answer; -100 for yes/no answers, which the image alone cannot
     predict, and past the last turn) are the answer probe's targets and ``answer_choices`` (turn x vocabulary) the
     first tokens it chooses from: the question's answers in ``choices`` (all tokens for questions not in it).
@@ -103,10 +130,16 @@ class ConversationCollator:
         seed: int = 0,
         choices: dict[str, list[str]] | None = None,
         text: bool = True,
+        turns: str = "chained",
+        weights: dict[tuple[str, str], float] | None = None,
     ) -> None:
+        if turns not in TURN_LAYOUTS:
+            raise ConfigError(f"train.turns={turns!r} is not one of {', '.join(TURN_LAYOUTS)}")
         self.target = target
         self.choices = choices or {}
         self.text = text
+        self.turns = turns
+        self.weights = weights
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -144,10 +177,10 @@ class ConversationCollator:
         return {"answer_tokens": answer_tokens, "answer_choices": answer_choices}
 
     def sequences(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """The conversations' token ids, labels, mask and positions, and the (augmented) pixels."""
+        """The conversations' token ids, labels, mask and positions, the (augmented) pixels, and with
+        :attr:`weights` set, ``label_weights``: each label's loss weight (0 where there is none)."""
         processor = self.target.processor
-        tokenizer = processor.tokenizer
-        sequences: list[tuple[list[int], list[int]]] = []
+        layouts: list[Layout] = []
         pixel_values = []
         for item in items:
             (first_prompt, _), *_ = item["turns"]
@@ -155,34 +188,104 @@ class ConversationCollator:
                 images=[item["image"]], text=[self.target.format_prompt(first_prompt)], return_tensors="pt"
             )
             pixel_values.append(self.transform(first["pixel_values"][0]))
-            tokens: list[int] = first["input_ids"][0].tolist()
-            labels = [IGNORE] * len(tokens)
-            for turn, (prompt, answer) in enumerate(item["turns"]):
-                if turn > 0:
-                    question = self.ids(self.target.follow_up_template.format(text=prompt))
-                    tokens += question
-                    labels += [IGNORE] * len(question)
-                reply = self.ids(f" {answer}{tokenizer.eos_token}")
-                tokens += reply
-                labels += reply
-            sequences.append((tokens, labels))
-        length = max(len(tokens) for tokens, _ in sequences)
-        batch = len(sequences)
-        input_ids = torch.full((batch, length), tokenizer.pad_token_id, dtype=torch.long)
-        label_ids = torch.full((batch, length), IGNORE, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        for sample, (tokens, labels) in enumerate(sequences):
-            pad = length - len(tokens)
-            input_ids[sample, pad:] = torch.tensor(tokens)
-            label_ids[sample, pad:] = torch.tensor(labels)
-            attention_mask[sample, pad:] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
+            prompt: list[int] = first["input_ids"][0].tolist()
+            lay_out = self.isolated if self.turns == "isolated" else self.chained
+            layouts.append(lay_out(prompt, item["turns"]))
+        length = max(len(layout.tokens) for layout in layouts)
+        fills = {"tokens": processor.tokenizer.pad_token_id, "labels": IGNORE, "positions": 0, "segments": -1}
+        columns = {name: torch.full((len(layouts), length), fill, dtype=torch.long) for name, fill in fills.items()}
+        label_weights = torch.zeros((len(layouts), length))
+        for sample, layout in enumerate(layouts):
+            pad = length - len(layout.tokens)
+            for name, column in columns.items():
+                column[sample, pad:] = torch.tensor(getattr(layout, name))
+            label_weights[sample, pad:] = torch.tensor(layout.weights)
+        segments = columns["segments"]
+        batch = {
+            "input_ids": columns["tokens"],
+            "attention_mask": turn_attention_mask(segments) if self.turns == "isolated" else (segments >= 0).long(),
             "pixel_values": torch.stack(pixel_values),
-            "position_ids": (attention_mask.cumsum(dim=-1) - 1).clamp_min(0),
-            "labels": label_ids,
+            "position_ids": columns["positions"],
+            "labels": columns["labels"],
         }
+        if self.weights is not None:
+            batch["label_weights"] = label_weights
+        return batch
+
+    def reply(self, question: str, answer: str) -> tuple[list[int], list[float]]:
+        """The answer's tokens (`` <answer></s>``) and their loss weights (see :func:`yes_no_weights`)."""
+        tokens = self.ids(f" {answer}{self.target.processor.tokenizer.eos_token}")
+        weight = (self.weights or {}).get((question, answer), 1.0)
+        return tokens, [weight] * len(tokens)
+
+    def chained(self, prompt: list[int], turns: Sequence[tuple[str, str]]) -> Layout:
+        """One causal sequence: ``prompt`` (the first turn, image expanded), its answer, then each later turn as
+        :attr:`TargetModel.follow_up_template` and its answer (all in segment 0)."""
+        layout = Layout(list(prompt), [IGNORE] * len(prompt), [], [], [0.0] * len(prompt))
+        for turn, (question, answer) in enumerate(turns):
+            if turn > 0:
+                asked = self.ids(self.target.follow_up_template.format(text=question))
+                layout.extend(asked, IGNORE, 0.0)
+            reply, weights = self.reply(question, answer)
+            layout.extend(reply, reply, weights)
+        layout.positions.extend(range(len(layout.tokens)))
+        layout.segments.extend([0] * len(layout.tokens))
+        return layout
+
+    def isolated(self, prompt: list[int], turns: Sequence[tuple[str, str]]) -> Layout:
+        """The turns' prompts share their longest common token prefix (the image and what surrounds it), which is
+        laid out once (segment 0); each turn's rest and answer follow as segment 1, 2, ... with positions that
+        continue the prefix's, so that under :func:`turn_attention_mask` every turn is exactly its own evaluation
+        prompt (``prompt`` is the first turn's, image expanded) followed by its answer."""
+        tokenizer = self.target.processor.tokenizer
+        texts = [list(tokenizer(self.target.format_prompt(question)).input_ids) for question, _ in turns]
+        shared = 0
+        while all(len(text) > shared and text[shared] == texts[0][shared] for text in texts):
+            shared += 1
+        cut = len(prompt) - (len(texts[0]) - shared)  # the image placeholder is expanded in ``prompt`` only
+        if prompt[cut:] != texts[0][shared:]:
+            raise ValueError("the processor's prompt does not end with the tokenizer's tokens of the question")
+        layout = Layout(prompt[:cut], [IGNORE] * cut, list(range(cut)), [0] * cut, [0.0] * cut)
+        for turn, ((question, answer), text) in enumerate(zip(turns, texts, strict=True), start=1):
+            asked = text[shared:]
+            reply, weights = self.reply(question, answer)
+            layout.extend(asked, IGNORE, 0.0)
+            layout.extend(reply, reply, weights)
+            layout.positions.extend(range(cut, cut + len(asked) + len(reply)))
+            layout.segments.extend([turn] * (len(asked) + len(reply)))
+        return layout
+
+
+@dataclass
+class Layout:
+    """One conversation's sequence: token ids, labels (-100: no loss), positions, segments (0: shared by all turns;
+    a turn's own tokens: its number when turns are isolated) and label weights."""
+
+    tokens: list[int]
+    labels: list[int]
+    positions: list[int]
+    segments: list[int]
+    weights: list[float]
+
+    def extend(self, tokens: list[int], labels: list[int] | int, weights: list[float] | float) -> None:
+        """Append ``tokens`` with their labels and weights (one value: the same for all) but no positions or
+        segments (the caller's)."""
+        self.tokens += tokens
+        self.labels += labels if isinstance(labels, list) else [labels] * len(tokens)
+        self.weights += weights if isinstance(weights, list) else [weights] * len(tokens)
+
+
+def turn_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, length, length) boolean attention mask (True: may attend) of isolated turns: a token sees the
+    earlier tokens of its own segment and of the shared prefix (segment 0), never another turn nor padding (-1).
+    Padding rows see themselves only, so that no row is empty."""
+    length = segment_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    keys = segment_ids[:, None, :]
+    visible = (keys == 0) | (keys == segment_ids[:, :, None])
+    mask = causal & visible & (keys >= 0)
+    mask |= torch.eye(length, dtype=torch.bool)
+    return mask[:, None]
 
 
 class TrainingDataModule(L.LightningDataModule):
@@ -201,8 +304,8 @@ class TrainingDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.benchmark = benchmark
-        self.train_collate = ConversationCollator(target, recipe.augment, seed, text=text)
-        self.collate = ConversationCollator(target, text=text)
+        self.train_collate = ConversationCollator(target, recipe.augment, seed, text=text, turns=recipe.turns)
+        self.collate = ConversationCollator(target, text=text, turns=recipe.turns)
         self.recipe = recipe
         self.seed = seed
         self.batch_size = batch_size
@@ -219,8 +322,10 @@ class TrainingDataModule(L.LightningDataModule):
         if self.recipe.val_samples is not None and len(val) > self.recipe.val_samples:
             val = sorted(random.Random(self.seed).sample(val, self.recipe.val_samples))
         turns = self.max_turns
-        choices = answer_choices(list(dataset["prompt"]), [str(a) for a in dataset["answer"]], train)
-        self.train_collate.choices = self.collate.choices = choices
+        prompts, answers = list(dataset["prompt"]), [str(answer) for answer in dataset["answer"]]
+        self.train_collate.choices = self.collate.choices = answer_choices(prompts, answers, train)
+        if self.recipe.balance_yes_no:
+            self.train_collate.weights = yes_no_weights(prompts, answers, train)
         self.train_set = ConversationSet(dataset, conversations(groups, train, turns, self.seed))
         self.val_set = ConversationSet(dataset, conversations(groups, val, turns, self.seed))
 

@@ -91,6 +91,8 @@ def train(
             trainer.fit(module, datamodule=datamodule, ckpt_path=last if last is not None and last.is_file() else None)
             seconds[phase] = time.perf_counter() - started
             steps[phase] = trainer.global_step
+            # The finished phase, whatever its step count: a resumed run does not redo its last steps.
+            trainer.save_checkpoint(folder / "lightning" / phase / "last.ckpt")
             final = trainer.validate(module, datamodule=datamodule, verbose=False)
             for wandb_logger in trainer.loggers:
                 finish = getattr(getattr(wandb_logger, "experiment", None), "finish", None)

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 PHASES = ("vision", "language")
-PROBE_TARGETS = ("answer_tokens", "answer_choices")
+#: Batch entries the loss reads but the model does not take.
+TARGETS_ONLY = ("answer_tokens", "answer_choices", "label_weights")
 
 
 class TrainingModule(L.LightningModule):
@@ -49,7 +50,14 @@ class TrainingModule(L.LightningModule):
             self.model.model.vision_tower.requires_grad_(False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(**{key: value for key, value in batch.items() if key not in PROBE_TARGETS})
+        inputs = {key: value for key, value in batch.items() if key not in TARGETS_ONLY}
+        mask = inputs["attention_mask"]
+        if mask.ndim == 4:  # isolated turns: a boolean (batch, 1, query, key) mask -> additive, as every kernel takes
+            dtype = self.model.dtype
+            inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask.bool(), torch.finfo(dtype).min
+            )
+        return self.model(**inputs)
 
     def probe_logits(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The answer probe: logits over the vocabulary from each image's mean visual token, once per question, with
@@ -89,7 +97,7 @@ class TrainingModule(L.LightningModule):
             self.log("train/probe_loss", loss, prog_bar=True, batch_size=size)
             return loss
         output = self(batch)
-        loss = output.loss
+        loss = output.loss if "label_weights" not in batch else weighted_loss(output.logits, batch)
         self.log("train/lm_loss", loss, prog_bar=True, batch_size=size)
         if self.probe is not None:
             probe_loss = self.probe_loss(output.image_hidden_states, batch)
@@ -151,6 +159,17 @@ class TrainingModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def weighted_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy of the labelled positions, each weighted by ``label_weights`` (weighted mean);
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``."""
+    labels, weights = batch["labels"][:, 1:], batch["label_weights"][:, 1:].to(logits.dtype)
+    losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.flatten(), ignore_index=-100, reduction="none"
+    )
+    weights = weights.flatten() * (labels.flatten() != -100)
+    return (losses * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
 
 
 def answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fopru.errors import ConfigError
 
 AUGMENTATIONS = ("none", "dihedral")
+TURN_LAYOUTS = ("isolated", "chained")
 
 
 class TrainingRecipe:
@@ -14,7 +15,7 @@ class TrainingRecipe:
        questions about each image that are not yes/no from its mean visual feature (a linear answer probe choosing
        among the answers each question received in training: in effect a shape and a colour classifier on
        easy-VQA). This stands in for the pretrained vision encoder every LVLM starts from.
-    2. Language (``max_steps``): next-token loss on the answers of multi-turn conversations about each image; with
+    2. Language (``max_steps``): next-token loss on the answers of several questions per image (``turns``); with
        ``freeze_vision`` the vision tower stays as phase 1 left it (as in LLaVA-1.5) and only projector and
        language model learn.
 
@@ -22,6 +23,12 @@ class TrainingRecipe:
         max_steps: optimizer steps of the language phase.
         batch_size: conversations (images) per step (per process under DDP).
         max_turns: questions about one image per conversation (an image with more has several conversations).
+        turns: ``isolated``: the turns of a conversation share the image but do not see each other (an attention
+            mask), each exactly one evaluation prompt; ``chained``: each turn also sees the earlier questions and
+            answers (which lets a model answer ``is there a circle?`` from an earlier ``circle`` instead of the image).
+        balance_yes_no: weight the loss of each yes/no answer by ``1 / (2 x its share among the answers to the same
+            question in training)``, so that a question's wording alone predicts nothing and the answer must come
+            from the image (easy-VQA's yes/no answers are lopsided by wording).
         learning_rate: peak learning rate.
         weight_decay: AdamW weight decay of matrices (biases, norms and embeddings have none).
         warmup_steps: linear warm-up from zero.
@@ -48,6 +55,8 @@ class TrainingRecipe:
         max_steps: int = 2000,
         batch_size: int = 16,
         max_turns: int = 8,
+        turns: str = "chained",
+        balance_yes_no: bool = False,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
@@ -80,6 +89,8 @@ class TrainingRecipe:
                 f"train.learning_rate={learning_rate!r} and vision_learning_rate={vision_learning_rate!r} "
                 "must be positive"
             )
+        if turns not in TURN_LAYOUTS:
+            raise ConfigError(f"train.turns={turns!r} is not one of {', '.join(TURN_LAYOUTS)}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"train.augment={augment!r} is not one of {', '.join(AUGMENTATIONS)}")
         if answer_probe < 0:
@@ -95,6 +106,8 @@ class TrainingRecipe:
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.max_turns = max_turns
+        self.turns = turns
+        self.balance_yes_no = bool(balance_yes_no)
         self.learning_rate = float(learning_rate)
         self.weight_decay = float(weight_decay)
         self.warmup_steps = warmup_steps

@@ -15,8 +15,15 @@ from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from fopru.run import run
-from fopru.train.data import ConversationCollator, answer_choices, conversations, held_out_positions
-from fopru.train.module import answer_hits
+from fopru.train.data import (
+    ConversationCollator,
+    answer_choices,
+    conversations,
+    held_out_positions,
+    yes_no_weights,
+)
+from fopru.train.module import TrainingModule, answer_hits, weighted_loss
+from fopru.train.recipe import TrainingRecipe
 from tests.eval.test_evaluate import train_eval
 
 SMOKE = [
@@ -83,7 +90,7 @@ def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zer
         {"image": image, "turns": [("what color is the shape?", "red"), ("is there a circle?", "yes")]},
         {"image": image, "turns": [("what shape is in the image?", "triangle")]},
     ]
-    batch = ConversationCollator(adapter)(items)
+    batch = ConversationCollator(adapter)(items)  # turns="chained"
     first = adapter.processor(images=[image], text=[adapter.format_prompt("what color is the shape?")])
     expected_tokens = [
         *first["input_ids"][0],
@@ -118,6 +125,88 @@ def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zer
     assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices"}
     assert torch.equal(images_only["pixel_values"], batch["pixel_values"])
     assert torch.equal(images_only["answer_choices"], offered)
+
+
+def test_isolated_turns_are_each_exactly_their_own_evaluation_prompt(tmp_path: Path) -> None:
+    """Packed isolated turns give, at every token of every turn, the logits of that turn's prompt and answer run
+    alone (the way evaluation prefills one question), under the eager and the SDPA kernels."""
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.build_untrained(tmp_path, seed=0)
+    adapter.checkpoint = str(tmp_path)
+    tokenizer = adapter.processor.tokenizer
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((200, 30, 30), (10, 12, 40, 50))
+    turns = [
+        ("what color is the shape?", "red"),
+        ("is there a circle?", "no"),
+        ("what shape is in the image?", "rectangle"),
+    ]
+    items = [{"image": image, "turns": turns}, {"image": image, "turns": turns[2:]}]
+    batch = ConversationCollator(adapter, turns="isolated")(items)
+    assert batch["attention_mask"].shape == (2, 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    labels = batch["labels"][0]
+    assert tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist()) == [
+        "red",
+        "</s>",
+        "no",
+        "</s>",
+        "rectangle",
+        "</s>",
+    ]
+    for implementation in ("eager", "sdpa"):
+        adapter.attn_implementation = implementation
+        adapter._model = None
+        module = TrainingModule(adapter.load().model, TrainingRecipe(), "language")
+        with torch.no_grad():
+            packed = module(batch).logits
+            for sample, item in enumerate(items):
+                ends = (batch["labels"][sample] == tokenizer.eos_token_id).nonzero().flatten().tolist()
+                for (question, answer), end in zip(item["turns"], ends, strict=True):
+                    prompt = adapter.format_prompt(question)
+                    alone = adapter.processor(images=[image], text=[prompt], return_tensors="pt")
+                    reply = tokenizer(f" {answer}</s>", add_special_tokens=False, return_tensors="pt").input_ids
+                    ids = torch.cat([alone["input_ids"], reply], dim=1)
+                    expected = module.model(input_ids=ids, pixel_values=alone["pixel_values"]).logits[0]
+                    width = reply.shape[1] + 4  # the answer and the end of the question
+                    got = packed[sample, end + 1 - width : end + 1]
+                    assert torch.equal(batch["input_ids"][sample, end + 1 - width : end + 1], ids[0, -width:])
+                    torch.testing.assert_close(got, expected[-width:], atol=1e-4, rtol=1e-4)
+
+
+def test_yes_no_weights_balance_each_question_s_answers_by_hand(tmp_path: Path) -> None:
+    prompts = ["is there a circle?"] * 4 + ["is it red?"] * 2 + ["what color is it?"]
+    answers = ["yes", "yes", "yes", "no", "no", "no", "red"]
+    weights = yes_no_weights(prompts, answers, range(7))
+    # 3 yes and 1 no: each side weighs 2 in all; a question always answered "no" keeps 1; open answers are not in it.
+    circle, red = "is there a circle?", "is it red?"
+    assert weights == {(circle, "yes"): 4 / 6, (circle, "no"): 2.0, (red, "no"): 1.0}
+    assert yes_no_weights(prompts, answers, [0, 1, 4]) == {(circle, "yes"): 1.0, (red, "no"): 1.0}
+
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.build_untrained(tmp_path, seed=0)
+    adapter.checkpoint = str(tmp_path)
+    image = Image.new("RGB", (64, 64), "white")
+    items = [{"image": image, "turns": [("is there a circle?", "no"), ("what color is it?", "red")]}]
+    for turns in ("isolated", "chained"):
+        batch = ConversationCollator(adapter, turns=turns, weights=weights)(items)
+        labelled = batch["labels"][0] != -100
+        assert batch["label_weights"][0][labelled].tolist() == [2.0, 2.0, 1.0, 1.0]  # " no</s>", " red</s>"
+        assert not batch["label_weights"][0][~labelled].any()
+    assert "label_weights" not in ConversationCollator(adapter, turns="isolated")(items)
+
+    # The weighted loss: with equal weights it is the model's own loss; otherwise the weighted mean by hand.
+    model = adapter.load().model
+    batch = ConversationCollator(adapter, turns="isolated", weights=weights)(items)
+    module = TrainingModule(model, TrainingRecipe(), "language")
+    with torch.no_grad():
+        output = module(batch)
+        equal = {**batch, "label_weights": batch["label_weights"].clamp_max(1.0)}
+        torch.testing.assert_close(weighted_loss(output.logits, equal), output.loss)
+        log_probs = output.logits[0, :-1].log_softmax(dim=-1)
+        targets = batch["labels"][0, 1:]
+        losses = [-log_probs[t, targets[t]] for t in range(len(targets)) if targets[t] != -100]
+        by_hand = (2 * losses[0] + 2 * losses[1] + losses[2] + losses[3]) / 6
+        torch.testing.assert_close(weighted_loss(output.logits, batch), by_hand)
 
 
 def test_answer_hits_counts_whole_answers_by_hand() -> None:
@@ -163,6 +252,7 @@ def test_the_shipped_mini_llava_answers_easy_vqa() -> None:
         (["data=pope"], "has no training split"),
         (["train.max_steps=0"], "train.max_steps=0"),
         (["train.augment=mirror"], "train.augment='mirror' is not one of none, dihedral"),
+        (["train.turns=interleaved"], "train.turns='interleaved' is not one of isolated, chained"),
         (["train.vision_steps=-1"], "train.vision_steps=-1"),
         (["train.resume=nowhere"], "train.resume='nowhere' is not a training run folder"),
     ],
@@ -179,13 +269,18 @@ def test_resuming_from_a_language_checkpoint_skips_the_vision_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    first = train_in(tmp_path / "a", "train.max_steps=2")
+    first = train_in(tmp_path / "a", "train.max_steps=3", "train.vision_steps=3")  # validations every 2 steps
     assert json.loads((first / "training.json").read_text())["phases"].keys() == {"vision", "language"}
-    assert (tmp_path / "lightning" / "vision" / "last.ckpt").is_file()
-    assert (tmp_path / "lightning" / "language" / "last.ckpt").is_file()
-    resumed = train_in(tmp_path / "b", "train.max_steps=4", f"train.resume={tmp_path}")
+    for phase in ("vision", "language"):  # each phase saved as it ended, not only at its last validation
+        saved = torch.load(tmp_path / "lightning" / phase / "last.ckpt", map_location="cpu", weights_only=False)
+        assert saved["global_step"] == 3
+    # The resumed language phase also runs the other turn layout and the yes/no balancing end to end.
+    options = ("train.turns=isolated", "train.balance_yes_no=true")
+    resumed = train_in(tmp_path / "b", "train.max_steps=4", f"train.resume={tmp_path}", *options)
     summary = json.loads((resumed / "training.json").read_text())
     assert summary["phases"].keys() == {"language"} and summary["steps"] == 4
+    assert summary["recipe"]["turns"] == "isolated" and summary["recipe"]["balance_yes_no"] is True
+    assert 0 <= summary["validation"]["val/answer_accuracy"] <= 1
 
 
 def test_dihedral_augmentation_turns_pixels_by_a_symmetry_of_the_square(tmp_path: Path) -> None:

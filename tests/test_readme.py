@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fopru.components import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -67,13 +71,9 @@ def test_the_quoted_error_is_what_the_command_prints(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", OTHER_COMMANDS)
-def test_other_commands_compose(command: str, tmp_path: Path) -> None:
+def test_other_commands_compose(command: str) -> None:
+    """Composed with Hydra's own config (launchers, sweepers) as ``--cfg all`` would, in this process."""
     arguments = [argument for argument in shlex.split(command)[2:] if argument != "-m"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train_eval.py"), *arguments, "--cfg", "all"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_eval", overrides=arguments, return_hydra_config=True)
+    assert OmegaConf.to_yaml(cfg, resolve=False)

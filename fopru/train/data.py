@@ -4,10 +4,10 @@ validation set of whole images.
 Like LLaVA's instruction data, one sequence holds one image and several of its questions as successive turns
 (``USER: <image>\\n<q1> ASSISTANT: <a1></s>USER: <q2> ASSISTANT: <a2></s>...``), with the loss on the answers only.
 The image is encoded once for all its questions, so a step carries several times more answers for its cost than
-one question per sequence. With ``turns="isolated"`` (the default) the turns share only the image prefix: an
-attention mask keeps each turn from seeing the others, so every turn is exactly the prompt evaluation prefills
-(one question alone) and no answer can be read off an earlier one (``is there a circle?`` after ``what shape ...?
-circle``); ``chained`` is the plain multi-turn conversation.
+one question per sequence. ``turns="chained"`` (the default) is that plain multi-turn conversation, whose first turn
+is exactly the prompt evaluation prefills. With ``turns="isolated"`` the turns share only the image prefix: an
+attention mask keeps each turn from seeing the others, so every turn is exactly such a prompt (one question alone)
+and no answer can be read off an earlier one (``is there a circle?`` after ``what shape ...? circle``).
 """
 
 from __future__ import annotations

@@ -22,13 +22,11 @@ from typing import Any
 import easy_vqa
 import torch
 from hydra import compose, initialize_config_dir
-from PIL import Image
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from yes_no_by_wording import answer_position, load  # this folder: run as a script
 
 import fopru.train.data as data
 import fopru.train.module as module
 from fopru.components import CONFIG_DIR
-from fopru.data.benchmarks import SHORT_ANSWER
 from fopru.run import run
 
 COLOURS = ["red", "green", "blue", "black", "gray", "teal", "brown", "yellow"]
@@ -76,11 +74,7 @@ def train(weight: float, overrides: list[str]) -> None:
     def training_step(self: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.phase != "language":
             return step(self, batch, batch_idx)
-        inputs = {key: value for key, value in batch.items() if key not in module.TARGETS_ONLY}
-        mask = inputs["attention_mask"]
-        if mask.ndim == 4:
-            inputs["attention_mask"] = torch.zeros(mask.shape).masked_fill(~mask.bool(), torch.finfo(torch.float).min)
-        output = self.model(**inputs, output_hidden_states=True)
+        output = self(batch, output_hidden_states=True)
         loss = output.loss if "label_weights" not in batch else module.weighted_loss(output.logits, batch)
         rows, positions, targets = yes_no_targets(batch)
         extra = loss * 0
@@ -108,10 +102,7 @@ def train(weight: float, overrides: list[str]) -> None:
 
 
 def check(folder: str, checkpoint: str, count: int) -> None:
-    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
-    processor = LlavaProcessor.from_pretrained(folder)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model, processor, state = load(folder, checkpoint)
     heads = []
     for index in range(len(HEADS)):
         weight, bias = state[f"aux.{index}.weight"], state[f"aux.{index}.bias"]
@@ -132,14 +123,8 @@ def check(folder: str, checkpoint: str, count: int) -> None:
     with torch.no_grad():
         for start in range(0, len(chosen), 50):
             batch = chosen[start : start + 50]
-            inputs = processor(
-                images=[Image.open(paths[image_ids[i]]).convert("RGB") for i in batch],
-                text=[f"USER: <image>\n{questions[i]}{SHORT_ANSWER} ASSISTANT:" for i in batch],
-                padding=True,
-                return_tensors="pt",
-            )
-            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-            hidden = model(**inputs, position_ids=positions, output_hidden_states=True).hidden_states[-1][:, -1]
+            paths_and_questions = [paths[image_ids[i]] for i in batch], [questions[i] for i in batch]
+            hidden = answer_position(model, processor, *paths_and_questions).hidden_states[-1][:, -1]
             named = [processor.tokenizer.convert_ids_to_tokens(head(hidden).argmax(-1)) for head in heads]
             for j, i in enumerate(batch):
                 word = next((w for w in re.findall(r"\w+", questions[i]) if w in COLOURS + SHAPES), None)

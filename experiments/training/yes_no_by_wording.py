@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter, defaultdict
+from typing import Any
 
 import easy_vqa
 import torch
@@ -30,17 +31,34 @@ def kind(question: str) -> str:
     return ("colour" if words & COLOURS else "shape") + (" not" if "not" in words else "")
 
 
+def load(checkpoint: str, lightning: str | None) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+    """(model, processor, Lightning state dict or {}) of a saved checkpoint, its weights replaced by ``lightning``'s."""
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
+    processor = LlavaProcessor.from_pretrained(checkpoint)
+    state: dict[str, torch.Tensor] = {}
+    if lightning:
+        state = torch.load(lightning, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model, processor, state
+
+
+def answer_position(model: Any, processor: Any, paths: list[str], questions: list[str]) -> Any:
+    """The model's output (with hidden states) on each image and question, prompted as the evaluation does; the last
+    position is the one that predicts the answer."""
+    images = [Image.open(path).convert("RGB") for path in paths]
+    prompts = [f"USER: <image>\n{question}{SHORT_ANSWER} ASSISTANT:" for question in questions]
+    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+    return model(**inputs, position_ids=positions, output_hidden_states=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a save_pretrained folder (model and processor)")
     parser.add_argument("--lightning", help="a stage=train lightning/<phase>/last.ckpt whose weights replace them")
     parser.add_argument("-n", type=int, default=1500, help="the first n yes/no questions of the test split")
     args = parser.parse_args()
-    model = LlavaForConditionalGeneration.from_pretrained(args.checkpoint).eval()
-    processor = LlavaProcessor.from_pretrained(args.checkpoint)
-    if args.lightning:
-        state = torch.load(args.lightning, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model, processor, _ = load(args.checkpoint, args.lightning)
     wording: dict[str, Counter[str]] = defaultdict(Counter)
     for question, answer in zip(*easy_vqa.get_train_questions()[:2], strict=True):
         wording[question][answer] += 1
@@ -51,11 +69,10 @@ def main() -> None:
     with torch.no_grad():
         for start in range(0, len(chosen), 50):
             batch = chosen[start : start + 50]
-            images = [Image.open(paths[image_ids[i]]).convert("RGB") for i in batch]
-            prompts = [f"USER: <image>\n{questions[i]}{SHORT_ANSWER} ASSISTANT:" for i in batch]
-            inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
-            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-            tokens = model(**inputs, position_ids=positions).logits[:, -1].argmax(-1)
+            output = answer_position(
+                model, processor, [paths[image_ids[i]] for i in batch], [questions[i] for i in batch]
+            )
+            tokens = output.logits[:, -1].argmax(-1)
             for i, predicted in zip(batch, processor.tokenizer.convert_ids_to_tokens(tokens), strict=True):
                 key = kind(questions[i])
                 total[key] += 1

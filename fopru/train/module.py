@@ -49,7 +49,8 @@ class TrainingModule(L.LightningModule):
         if phase == "language" and recipe.freeze_vision:
             self.model.model.vision_tower.requires_grad_(False)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+    def forward(self, batch: dict[str, torch.Tensor], **options: Any) -> Any:
+        """The model on ``batch`` (less the loss-only entries), with ``options`` such as ``output_hidden_states``."""
         inputs = {key: value for key, value in batch.items() if key not in TARGETS_ONLY}
         mask = inputs["attention_mask"]
         if mask.ndim == 4:  # isolated turns: a boolean (batch, 1, query, key) mask -> additive, as every kernel takes
@@ -57,7 +58,7 @@ class TrainingModule(L.LightningModule):
             inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask.bool(), torch.finfo(dtype).min
             )
-        return self.model(**inputs)
+        return self.model(**inputs, **options)
 
     def probe_logits(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The answer probe: logits over the vocabulary from each image's mean visual token, once per question, with

@@ -21,6 +21,11 @@ from fopru.models.tiny.llava import llava_processor
 from fopru.models.tiny.tokenizer import word_tokenizer
 
 IMAGE_SIZE, PATCH_SIZE = 64, 4
+#: Initial standard deviation of the word embeddings (Llama's default is 0.02). The projected visual tokens of the
+#: trained model have norms around 13; words embedded at 0.02 (norm 0.2 at width 128) are drowned by them in the
+#: residual stream from the first layer on, and the language model then cannot tell which colour or shape a question
+#: names: it answers yes/no questions from their wording alone. At std 1 (norm ~11) it compares them with the image.
+WORD_EMBEDDING_STD = 1.0
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -66,6 +71,8 @@ def build_mini_llava(folder: Path, seed: int, prompt_template: str) -> None:
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    with torch.no_grad():  # word embeddings at the scale of the projected visual tokens (see WORD_EMBEDDING_STD)
+        model.get_input_embeddings().weight.mul_(WORD_EMBEDDING_STD / text.initializer_range)
     model.save_pretrained(folder)
     llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
 

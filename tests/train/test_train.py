@@ -80,6 +80,26 @@ def test_conversations_put_each_image_s_questions_together_in_chunks() -> None:
     assert conversations(groups, [0, 1, 2, 3, 4], max_turns=2, seed=0) == chunks
 
 
+def test_the_untrained_mini_llava_embeds_words_at_the_scale_of_visual_tokens(tmp_path: Path) -> None:
+    """Word embeddings start at std WORD_EMBEDDING_STD (1.0), the scale of the trained projected visual tokens, the
+    padding row zero and the output head tied to them; every other matrix keeps Llama's initialiser (std 0.02)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from fopru.models.mini_llava import WORD_EMBEDDING_STD
+
+    adapter = load("model", "mini_llava", TargetModel)
+    adapter.build_untrained(tmp_path, seed=0)
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path)
+    embeddings = model.get_input_embeddings().weight
+    pad = model.config.get_text_config().pad_token_id
+    rows = [row for row in range(embeddings.shape[0]) if row != pad]
+    assert float(embeddings[rows].std()) == pytest.approx(WORD_EMBEDDING_STD, rel=0.05)
+    assert not embeddings[pad].any()
+    assert torch.equal(model.get_output_embeddings().weight, embeddings)
+    query = model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert float(query.std()) == pytest.approx(0.02, rel=0.05)
+
+
 def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zero(tmp_path: Path) -> None:
     adapter = load("model", "mini_llava", TargetModel)
     adapter.build_untrained(tmp_path, seed=0)

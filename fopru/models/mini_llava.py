@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import easy_vqa
 import torch
@@ -72,8 +73,8 @@ def build_mini_llava(folder: Path, seed: int, prompt_template: str) -> None:
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     with torch.no_grad():  # word embeddings at the scale of the projected visual tokens (see WORD_EMBEDDING_STD)
-        embeddings: torch.Tensor = model.get_input_embeddings().weight
-        embeddings.mul_(WORD_EMBEDDING_STD / text.initializer_range)
+        embeddings = cast(torch.nn.Embedding, model.get_input_embeddings())
+        embeddings.weight.mul_(WORD_EMBEDDING_STD / text.initializer_range)
     model.save_pretrained(folder)
     llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
 

@@ -3,16 +3,19 @@
 import json
 from pathlib import Path
 
+import easy_vqa
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration
 
 from fopru.components import CONFIG_DIR, load
 from fopru.data.benchmarks import SHORT_ANSWER, EasyVQABenchmark
 from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
+from fopru.models.mini_llava import WORD_EMBEDDING_STD
 from fopru.pipeline import PruningPipeline
 from fopru.run import run
 from fopru.train.data import (
@@ -83,10 +86,6 @@ def test_conversations_put_each_image_s_questions_together_in_chunks() -> None:
 def test_the_untrained_mini_llava_embeds_words_at_the_scale_of_visual_tokens(tmp_path: Path) -> None:
     """Word embeddings start at std WORD_EMBEDDING_STD (1.0), the scale of the trained projected visual tokens, the
     padding row zero and the output head tied to them; every other matrix keeps Llama's initialiser (std 0.02)."""
-    from transformers import LlavaForConditionalGeneration
-
-    from fopru.models.mini_llava import WORD_EMBEDDING_STD
-
     adapter = load("model", "mini_llava", TargetModel)
     adapter.build_untrained(tmp_path, seed=0)
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path)
@@ -269,8 +268,6 @@ def test_the_shipped_mini_llava_answers_yes_no_from_the_image() -> None:
     """Asks "is there a <colour> shape?" for each of the 8 colours on one image: a model that answers from the wording
     gives the same answer to all 8 (the previous checkpoint said "no" to every one); this one says "yes" exactly for
     the image's colour (named by its own test question) on at least 9 of 10 test images."""
-    import easy_vqa
-
     adapter = load("model", "mini_llava", TargetModel)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         pipeline = PruningPipeline.from_config(compose(config_name="train_eval", overrides=["strategy=none"]))

@@ -127,6 +127,7 @@ def test_a_second_run_waits_for_the_folder_lock(tmp_path: Path, caplog: pytest.L
     assert f"pid {holder.pid}" in caplog.text and "waiting for it to finish" in caplog.text
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: /proc/self/clear_refs")
 def test_the_peak_resident_memory_is_reset_per_job() -> None:
     assert reset_peak_resident_memory() is None  # Linux: /proc/self/clear_refs
     baseline = peak_resident_memory()

@@ -23,6 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from fopru.eval.tracking import logs_to_wandb
 from fopru.pareto import summarize_sweep
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ParetoCallback(Callback):
         """Summarize the sweep folder ``hydra.sweep.dir``."""
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            summarize_sweep(sweep_dir, sweep_group(config, sweep_dir), self.log_to_wandb, self.project)
+            log_to_wandb = self.log_to_wandb and logs_to_wandb(config)
+            summarize_sweep(sweep_dir, sweep_group(config, sweep_dir), log_to_wandb, self.project)
         except Exception:
             log.exception("could not summarize the sweep; its jobs' results are untouched")
 

@@ -80,10 +80,11 @@ class PruningPipeline:
         """Score, select and reorder the (B, N, D) visual features of a batch laid out as ``layout``.
 
         ``inputs`` carries what the strategy's flags ask for beyond the features and the attention (projected
-        tokens, text embeddings); features and attention are filled in here.
+        tokens, text embeddings, the rows' sample keys); features and attention are filled in here.
         """
-        significance = self.significance.score(attention, features, layout)
-        inputs = replace(inputs or StrategyInputs(), features=features, attention=attention)
+        inputs = inputs or StrategyInputs()
+        significance = self.significance.score_rows(attention, features, layout, inputs.sample_keys)
+        inputs = replace(inputs, features=features, attention=attention)
         selection = self.strategy.select(significance, layout, self.budget, inputs)
         if selection.counts is None:
             ordered = replace(self.reorder.apply(selection, significance), flops=selection.flops)

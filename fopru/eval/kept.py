@@ -13,6 +13,7 @@ from fopru.eval.data import collate
 from fopru.eval.result import KEPT_FILE
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
+from fopru.seeding import sample_key
 
 KEPT_IMAGES = "kept_patches"
 
@@ -31,7 +32,8 @@ def record_kept_patches(
     records = []
     for position in range(min(samples, len(dataset))):
         batch = collate([dataset[position]])
-        inputs = target.prepare(batch["images"], [target.format_prompt(batch["prompts"][0])])
+        keys = [sample_key(batch["rows"][0]["sample_id"])]  # the draws its prediction had
+        inputs = target.prepare(batch["images"], [target.format_prompt(batch["prompts"][0])], keys)
         view = target.patch_view(inputs, 0)
         if view is None:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from fopru.data.base import Benchmark
 from fopru.eval.records import PredictionStore
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
+from fopru.seeding import sample_key
 
 
 def kv_cache_bytes(config: Any, tokens: float, dtype: torch.dtype) -> int:
@@ -29,6 +31,10 @@ class EvaluationModule(L.LightningModule):
     A record holds the sample's fields (minus the image), the prediction, the visual and text tokens that reached the
     language model (and, for in-LLM pruning, the visual tokens per layer on average and their pre-LLM equivalent),
     the analytic TFLOPs of the request and its KV-cache bytes after prefill.
+
+    A rank other than 0 stops, without writing, as soon as the process that launched it has exited (DDP rank 0
+    under Lightning's launcher, or a launcher's agent): otherwise, after rank 0 dies, it would go on appending
+    predictions to a folder that a rerun may already be using.
     """
 
     def __init__(self, target: TargetModel, pipeline: PruningPipeline, benchmark: Benchmark, folder: Path) -> None:
@@ -39,15 +45,27 @@ class EvaluationModule(L.LightningModule):
         self.benchmark = benchmark
         self.folder = folder
         self.store: PredictionStore | None = None
+        self.launcher_pid: int | None = None
 
     def on_predict_start(self) -> None:
         self.target.device = str(self.device)
         self.store = PredictionStore(self.folder, self.global_rank)
+        self.launcher_pid = os.getppid() if self.global_rank != 0 else None
+
+    def check_launcher_alive(self) -> None:
+        """Raise if this rank's launching process has exited (the kernel then hands the rank to another parent)."""
+        if self.launcher_pid is not None and os.getppid() != self.launcher_pid:
+            raise RuntimeError(
+                f"rank {self.global_rank} stops: its launching process (pid {self.launcher_pid}, rank 0 under "
+                "Lightning's launcher) has exited, so this rank writes no more predictions"
+            )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         target = self.target
         prompts = [target.format_prompt(text) for text in batch["prompts"]]
-        inputs = target.prepare(batch["images"], prompts)
+        # One image per row: each is seeded by its sample, so random pruning ignores batch order, shards and resumes.
+        keys = [sample_key(row["sample_id"]) for row in batch["rows"]]
+        inputs = target.prepare(batch["images"], prompts, keys)
         generation = target.generate(inputs, self.pipeline, max_new_tokens=self.benchmark.max_new_tokens)
         flops = target.flops(inputs, generation.inputs, self.pipeline)
         generated = (generation.tokens != target.processor.tokenizer.pad_token_id).sum(dim=1).clamp_min(1)
@@ -74,4 +92,5 @@ class EvaluationModule(L.LightningModule):
                 }
             )
         assert self.store is not None
+        self.check_launcher_alive()
         self.store.append(records)

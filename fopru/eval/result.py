@@ -49,10 +49,12 @@ class RunResult:
         tflops_prefill, tflops_total: mean analytic TFLOPs per sample (vision + pruning + projector + prefill; and
             with decoding of the generated tokens).
         latency: median per-stage latency, or ``None`` when not measured.
-        peak_memory_bytes: on GPU, peak allocated device memory while timing requests; on CPU, the process's peak
-            resident memory.
+        peak_memory_bytes: peak memory while timing the latency requests, measured for this job alone: on GPU the
+            allocator's peak, on CPU the peak resident memory (Linux, reset before timing); ``None`` when not
+            measured (see ``unavailable``).
         kv_cache_bytes: mean KV-cache bytes per sample after prefill.
-        throughput: samples per second over the whole evaluation.
+        throughput: samples per second this job predicted (``throughput_samples`` of them, timed from the start of
+            prediction); ``None`` when it predicted none (every sample resumed from an earlier run).
         attention: the attention implementation of the language model (sdpa, flash_attention_2, eager).
         device: where it ran (e.g. "cpu", "NVIDIA H100 80GB HBM3 x2").
         overrides: the job's Hydra overrides, for reproducing it.
@@ -62,6 +64,10 @@ class RunResult:
         kept_tokens_equivalent: the visual-token count with which a pre-LLM method would cost the same prefill: the
             budget to set in-LLM methods beside pre-LLM ones.
         method: the method preset (``method=visionzip``), or ``None`` when the groups were chosen one by one.
+        samples_requested: the samples the job was asked to score; ``samples`` is smaller only when some have no
+            prediction, which the run reports as an error.
+        throughput_samples: the samples ``throughput`` was measured on (fewer than ``samples`` after a resume).
+        unavailable: why a figure is ``None``, by field name (``throughput``, ``peak_memory_bytes``).
     """
 
     group: str
@@ -79,9 +85,9 @@ class RunResult:
     tflops_prefill: float
     tflops_total: float
     latency: Latency | None
-    peak_memory_bytes: int
+    peak_memory_bytes: int | None
     kv_cache_bytes: float
-    throughput: float
+    throughput: float | None
     attention: str
     device: str
     overrides: list[str] = field(default_factory=list)
@@ -89,6 +95,9 @@ class RunResult:
     kept_tokens_layer_mean: float | None = None
     kept_tokens_equivalent: float | None = None
     method: str | None = None
+    samples_requested: int | None = None
+    throughput_samples: int | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:

@@ -21,7 +21,8 @@ class ResultLogger:
     Args:
         project: the W&B project.
         mode: ``offline`` (default: writes ``wandb/offline-run-*`` in the job folder, upload later with ``wandb
-            sync``), ``online``, or ``disabled`` (no W&B at all). ``WANDB_MODE`` in the environment wins.
+            sync``), ``online``, or ``disabled`` (no W&B at all, whatever ``WANDB_MODE`` says). Otherwise
+            ``WANDB_MODE`` in the environment wins.
         entity: the W&B entity (team or user), or null for the default.
     """
 
@@ -32,9 +33,17 @@ class ResultLogger:
         self.mode = mode
         self.entity = entity
 
+    @property
+    def effective_mode(self) -> str:
+        """The mode W&B runs get: ``disabled`` when configured so (``logger=none``), else ``WANDB_MODE`` if set, else
+        the configured mode."""
+        if self.mode == "disabled":
+            return "disabled"
+        return os.environ.get("WANDB_MODE", self.mode)
+
     def log(self, result: RunResult, cfg: DictConfig, folder: Path, name: str) -> None:
         """One W&B run holding the job's config, its metrics and costs as summary values, and its result row."""
-        mode = os.environ.get("WANDB_MODE", self.mode)
+        mode = self.effective_mode
         if mode == "disabled":
             return
         import wandb
@@ -59,7 +68,7 @@ class ResultLogger:
 
     def lightning_logger(self, group: str, name: str, folder: Path, job_type: str) -> Any:
         """A Lightning ``WandbLogger`` with these settings (training curves), or ``False`` when W&B is disabled."""
-        mode = os.environ.get("WANDB_MODE", self.mode)
+        mode = self.effective_mode
         if mode == "disabled":
             return False
         from lightning.pytorch.loggers import WandbLogger
@@ -73,6 +82,15 @@ class ResultLogger:
             mode=mode,
             save_dir=str(folder),
         )
+
+
+def logs_to_wandb(cfg: DictConfig) -> bool:
+    """Whether a composed config's logger writes W&B runs (``logger=none`` never does, whatever ``WANDB_MODE`` says);
+    the sweep summary follows the jobs' logger."""
+    logger = cfg.get("logger") if "logger" in cfg else None
+    if logger is None:
+        return True
+    return str(logger.get("mode", "offline")) != "disabled"
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
 from fopru.eval.timing import PhaseTimer
 from fopru.layout import VisualLayout
-from fopru.models.loading import resolve_checkpoint, torch_dtype
+from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
@@ -33,6 +33,10 @@ from fopru.strategies.base import PruningStrategy, StrategyInputs
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline
+
+#: The entry of a prepared batch holding one sample key per image ((I,) int64, :func:`fopru.seeding.sample_key`):
+#: random pruning components seed each image's draws from it (see :meth:`TargetModel.prepare`).
+SAMPLE_KEYS = "sample_keys"
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,11 @@ class TargetModel(ABC):
             self._processor = self.load_processor(path)
         return self
 
+    def fingerprint(self) -> str:
+        """What identifies this checkpoint's weights and processor files (:func:`checkpoint_fingerprint`): a content
+        digest for a folder (cached, so a large checkpoint is hashed once), the commit for a hub checkpoint."""
+        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint, self.build_tiny))
+
     def load_processor(self, path: str) -> Any:
         """The processor saved with the checkpoint; families override this for processor workarounds."""
         return self.processor_class.from_pretrained(path)
@@ -392,10 +401,21 @@ class TargetModel(ABC):
             return prompt
         return self.prompt_template.format(text=text)
 
-    def prepare(self, images: Sequence[Any], prompts: Sequence[str]) -> Mapping[str, torch.Tensor]:
-        """Run the processor on images and prompts (one ``<image>`` per image in the prompt), left-padded."""
+    def prepare(
+        self, images: Sequence[Any], prompts: Sequence[str], sample_keys: Sequence[int] | None = None
+    ) -> Mapping[str, torch.Tensor]:
+        """Run the processor on images and prompts (one ``<image>`` per image in the prompt), left-padded.
+
+        ``sample_keys``, one per image (the key of the sample it belongs to), go into the batch as
+        :data:`SAMPLE_KEYS`, so that random pruning draws per sample, not per batch position.
+        """
         batch = self.processor(images=list(images), text=list(prompts), padding=True, return_tensors="pt")
-        return {key: value.to(self.device) for key, value in batch.items()}
+        prepared = {key: value.to(self.device) for key, value in batch.items()}
+        if sample_keys is not None:
+            if len(sample_keys) != len(images):
+                raise ValueError(f"{len(images)} images but {len(sample_keys)} sample keys: give one key per image")
+            prepared[SAMPLE_KEYS] = torch.tensor(list(sample_keys), dtype=torch.long)
+        return prepared
 
     def language_forward(
         self,
@@ -517,13 +537,15 @@ def prune_images(
     layout: VisualLayout,
     project: Callable[[torch.Tensor], torch.Tensor],
     text: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sample_keys: torch.Tensor | None = None,
 ) -> list[KeptImage]:
     """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
-    it (``needs_text``). For strategies that read the projected tokens (``needs_projected``) all N tokens are
-    projected once and a pure selection takes its tokens from them (no second projection). An adaptive strategy's
-    images keep different counts: each :class:`KeptImage` holds its own.
+    it (``needs_text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
+    strategies that read the projected tokens (``needs_projected``) all N tokens are projected once and a pure
+    selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
+    counts: each :class:`KeptImage` holds its own.
     """
     strategy = pipeline.strategy
     projected = project(features) if strategy.needs_projected else None
@@ -531,6 +553,7 @@ def prune_images(
         projected=projected,
         text=text[0] if text is not None and strategy.needs_text else None,
         text_mask=text[1] if text is not None and strategy.needs_text else None,
+        sample_keys=sample_keys,
     )
     selection = pipeline.prune(attention, features, layout, inputs).selection
     if projected is not None and selection.weights is None:

@@ -15,6 +15,7 @@ from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.base import (
+    SAMPLE_KEYS,
     KeptImage,
     LanguageInputs,
     TargetModel,
@@ -136,7 +137,8 @@ class LlavaAdapter(TargetModel):
         with self.phase("pruning"):
             text = self.prompt_text(batch, pipeline, [layout.num_tokens] * features.shape[0])
             projector = self.model.model.multi_modal_projector
-            images = prune_images(pipeline, attention, features, layout, projector, text)
+            keys = batch.get(SAMPLE_KEYS)
+            images = prune_images(pipeline, attention, features, layout, projector, text, keys)
             return self.assemble(batch, images, positions)
 
     def prompt_text(

@@ -15,7 +15,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, projector_tokens, prune_images
+from fopru.models.base import SAMPLE_KEYS, KeptImage, LanguageInputs, projector_tokens, prune_images
 from fopru.models.llava import LlavaAdapter
 from fopru.models.tiny.llava_next import build_tiny_llava_next
 from fopru.significance.attention import AttentionSummary
@@ -169,12 +169,16 @@ class LlavaNextAdapter(LlavaAdapter):
         with self.phase("pruning"):
             packings = [self.packing(count, image_size) for count, image_size in zip(counts, image_sizes, strict=True)]
             text = self.prompt_text(batch, pipeline, [packing.length for packing in packings])
+            all_keys = batch.get(SAMPLE_KEYS)
             for image, (count, packing) in enumerate(zip(counts, packings, strict=True)):
                 sources = packing.sources.to(features.device)
                 crop_features = features[start : start + count].flatten(0, 1)[sources][None]
                 crop_attention = None if attention is None else _take(attention, start, count, sources)
                 image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
-                (kept,) = prune_images(pipeline, crop_attention, crop_features, packing.layout(), projector, image_text)
+                keys = None if all_keys is None else all_keys[image : image + 1]
+                (kept,) = prune_images(
+                    pipeline, crop_attention, crop_features, packing.layout(), projector, image_text, keys
+                )
                 images.append(packing.add_newlines(kept, newline))
                 start += count
             return self.assemble(batch, images, positions)

@@ -7,6 +7,9 @@ probes the hub once with a short timeout.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +20,8 @@ import torch
 from huggingface_hub import constants, try_to_load_from_cache
 
 from fopru.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
 EMBEDDED_PREFIX = "embedded:"
@@ -97,3 +102,72 @@ def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | Non
             f"{checkpoint}) and copy the cache, or point the model config's checkpoint at a local folder."
         )
     return checkpoint
+
+
+#: The files of a checkpoint folder that ``from_pretrained`` reads (weights, configs, tokenizer and processor files).
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".tiktoken", ".gguf", ".py")
+
+
+def fingerprint_cache() -> Path:
+    """Where file digests are remembered: ``$FOPRU_CACHE/fingerprints.json`` (default ``~/.cache/fopru``)."""
+    return tiny_cache().parent / "fingerprints.json"
+
+
+def checkpoint_fingerprint(resolved: str) -> str:
+    """What identifies a checkpoint's weights and processor: ``sha256:<digest>`` of a local folder's files
+    (names and contents), or ``hub:<id>@<commit>`` for a hub checkpoint in the local cache.
+
+    A folder's file digests are cached by (path, size, modification time), so a large checkpoint is hashed once,
+    not on every run; new weights saved at the same path (``stage=train`` into that folder) get a new fingerprint.
+    """
+    folder = Path(resolved)
+    if folder.is_dir():
+        return "sha256:" + _folder_digest(folder)
+    cached = try_to_load_from_cache(resolved, "config.json")
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent  # <cache>/models--<org>--<name>/snapshots/<commit>
+        if snapshot.parent.name == "snapshots":
+            return f"hub:{resolved}@{snapshot.name}"
+        return "sha256:" + _folder_digest(snapshot)
+    log.warning("checkpoint %r is neither a folder nor in the hub cache: identified by its name only", resolved)
+    return f"hub:{resolved}"
+
+
+def _folder_digest(folder: Path) -> str:
+    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES)
+    cache_path = fingerprint_cache()
+    try:
+        cache: dict[str, dict[str, object]] = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()  # follows links: the hub cache's snapshot files are links to blobs
+        key = str(path.resolve())
+        entry = cache.get(key)
+        if not entry or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+            with path.open("rb") as handle:
+                entry = {
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "sha256": hashlib.file_digest(handle, "sha256").hexdigest(),
+                }
+            cache[key] = entry
+            changed = True
+        digest.update(f"{path.name}\0{entry['sha256']}\n".encode())
+    if changed:
+        _write_atomically(cache_path, json.dumps(cache, indent=0, sort_keys=True))
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, so that processes reading it concurrently never see half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(staging, path)
+    except OSError as error:  # a read-only cache only costs re-hashing next time
+        log.warning("could not write %s: %s", path, error)

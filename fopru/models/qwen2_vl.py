@@ -32,7 +32,15 @@ from transformers import (
 from fopru.efficiency.flops import FlopsBreakdown, qwen2_vl_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, TargetModel, assemble_sequences, prompt_text, prune_images
+from fopru.models.base import (
+    SAMPLE_KEYS,
+    KeptImage,
+    LanguageInputs,
+    TargetModel,
+    assemble_sequences,
+    prompt_text,
+    prune_images,
+)
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
@@ -222,6 +230,7 @@ class Qwen2VLAdapter(TargetModel):
         features, summaries = self.encode_images(batch, pipeline.attention_source)
         merge = self.merge_size
         images: list[KeptImage] = []
+        all_keys = batch.get(SAMPLE_KEYS)
         with self.phase("pruning"):
             text = None
             if pipeline.strategy.needs_text:
@@ -240,7 +249,8 @@ class Qwen2VLAdapter(TargetModel):
                 )
                 attention = summaries[image] if summaries is not None else None
                 image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
-                images += prune_images(pipeline, attention, embeddings[None], layout, _identity, image_text)
+                keys = None if all_keys is None else all_keys[image : image + 1]
+                images += prune_images(pipeline, attention, embeddings[None], layout, _identity, image_text, keys)
             with torch.no_grad():
                 base_positions = self.unpruned_positions(batch)
             return assemble_sequences(

@@ -23,7 +23,8 @@ class SignificanceSource(ABC):
         features: (B, N, D) visual features of the N tokens (no [CLS]), any float dtype.
         layout: the token layout (grids, [CLS], merge factor).
     and returns a (B, N) float32 tensor, finite, on the features' device. It must not depend on the order of
-    samples in the batch except where documented (the seeded ``random`` source draws per call).
+    samples in the batch. The pipeline calls :meth:`score_rows`, which also hands over one key per row (the sample
+    it belongs to, :mod:`fopru.seeding`); sources that draw noise override it to seed each row from its key.
     """
 
     reduction: AttentionReduction | None = None
@@ -32,6 +33,17 @@ class SignificanceSource(ABC):
     @abstractmethod
     def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
         """(B, N) float32 significance."""
+
+    def score_rows(
+        self,
+        attention: AttentionSummary | None,
+        features: torch.Tensor,
+        layout: VisualLayout,
+        sample_keys: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`score` with ``sample_keys``, (B,) int64 one key per row or ``None``; only sources that draw noise
+        read them."""
+        return self.score(attention, features, layout)
 
     def _require_attention(self, attention: AttentionSummary | None) -> AttentionSummary:
         if attention is None:

@@ -8,6 +8,7 @@ import torch
 
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
+from fopru.seeding import row_uniform
 from fopru.significance.attention import AttentionReduction, AttentionSummary, ClsDrop, Scores
 from fopru.significance.base import SignificanceSource
 
@@ -90,12 +91,23 @@ class UniformSignificance(SignificanceSource):
 
 
 class RandomSignificance(SignificanceSource):
-    """Seeded uniform noise; a fixed seed and call sequence reproduce the same scores."""
+    """Seeded uniform noise. Given sample keys (:meth:`score_rows`, as in every evaluation) each sample's scores
+    depend only on ``seed`` and the sample (:mod:`fopru.seeding`); through :meth:`score`, a fixed seed and call
+    sequence reproduce the same scores."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
     def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
-        noise = torch.rand(features.shape[:2], generator=self.generator, dtype=torch.float32)
-        return noise.to(features.device)
+        return self.score_rows(attention, features, layout, None)
+
+    def score_rows(
+        self,
+        attention: AttentionSummary | None,
+        features: torch.Tensor,
+        layout: VisualLayout,
+        sample_keys: torch.Tensor | None,
+    ) -> torch.Tensor:
+        rows, tokens = features.shape[:2]
+        return row_uniform((rows, tokens), self.seed, sample_keys, self.generator, "significance").to(features.device)

@@ -9,6 +9,7 @@ import torch
 
 from fopru.errors import ConfigError
 from fopru.layout import Budget, Grid, VisualLayout
+from fopru.seeding import offset_keys
 from fopru.significance.attention import AttentionSummary
 
 
@@ -28,6 +29,8 @@ class StrategyInputs:
         text: (B, T, D_llm) the input embeddings of the sample's prompt text (every non-image, non-padding token,
             chat template included), zero-padded on the right (``needs_text``).
         text_mask: (B, T) bool, True on real text tokens.
+        sample_keys: (B,) int64, which sample each row is (:func:`fopru.seeding.sample_key` of its id), so that
+            random choices are seeded per sample, not by batch order; ``None`` outside an evaluation.
     """
 
     features: torch.Tensor | None = None
@@ -35,6 +38,7 @@ class StrategyInputs:
     projected: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    sample_keys: torch.Tensor | None = None
 
     def span(self, offset: int, size: int) -> StrategyInputs:
         """The inputs of tokens ``offset .. offset + size`` (one image/tile); text is per sample and stays whole."""
@@ -50,7 +54,13 @@ class StrategyInputs:
                 cls=cut(attention.cls),
                 keys=cut(attention.keys),
             )
-        return replace(self, features=cut(self.features), attention=attention, projected=cut(self.projected))
+        return replace(
+            self,
+            features=cut(self.features),
+            attention=attention,
+            projected=cut(self.projected),
+            sample_keys=offset_keys(self.sample_keys, offset),
+        )
 
     def require_features(self, who: str) -> torch.Tensor:
         """(B, n, D) features, or a clear error."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 
 from fopru.layout import Budget, Grid
+from fopru.seeding import row_uniform
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
 class RandomStrategy(PruningStrategy):
     """Keep ``max(1, floor(keep * n))`` tokens drawn uniformly without replacement, ignoring significance.
 
-    Draws come from a generator seeded with ``seed`` at construction: the same seed and sequence of calls give
-    the same selections.
+    With ``inputs.sample_keys`` (the evaluation always passes them) each sample's draw depends only on ``seed`` and
+    the sample (:mod:`fopru.seeding`), whatever its batch, shard or run; without them draws come from a generator
+    seeded with ``seed`` at construction, so the same seed and sequence of calls give the same selections.
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -23,5 +25,6 @@ class RandomStrategy(PruningStrategy):
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
     ) -> Selection:
         count = budget.count(significance.shape[1], num_tokens)
-        noise = torch.rand(significance.shape, generator=self.generator)
+        rows, tokens = significance.shape
+        noise = row_uniform((rows, tokens), self.seed, inputs.sample_keys, self.generator, "strategy")
         return Selection(noise.argsort(dim=1)[:, :count].to(significance.device))

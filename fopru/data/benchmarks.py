@@ -29,13 +29,21 @@ from datasets import Dataset, Features, Image, concatenate_datasets, load_datase
 
 from fopru.data.base import Benchmark
 from fopru.data.metrics import (
+    ai2d_correct,
     exact_match,
+    lmms_eval_exact_match,
+    lmms_eval_pope_metrics,
+    lmms_eval_vqa_accuracy,
     mmbench_circular_accuracy,
+    mmbench_scores,
     mme_scores,
     multiple_choice_accuracy,
     pope_metrics,
+    scienceqa_correct,
+    seedbench_correct,
     vqa_accuracy,
 )
+from fopru.data.scoring import DEFAULT_SCORING, GenerationSettings
 from fopru.errors import ConfigError
 from fopru.models.loading import hub_reachable
 
@@ -43,6 +51,16 @@ from fopru.models.loading import hub_reachable
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 OPTION_LETTER = "\nAnswer with the option's letter from the given choices directly."
 RGB_IMAGE = Image(mode="RGB")  # lmms-eval's doc_to_visual calls .convert("RGB") on every image
+# lmms-eval's model wrappers generate up to 1024 new tokens when a task yaml sets no max_new_tokens.
+LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS = 1024
+# The ``until`` of the yaml files that set one (TextVQA, SEED-Bench, MMBench).
+ASSISTANT_TURN = ("ASSISTANT:",)
+
+
+def generation(lmms_eval: GenerationSettings, lenient_max_new_tokens: int) -> dict[str, GenerationSettings]:
+    """A benchmark's generation settings per protocol: lmms-eval's task yaml, and the lenient protocol's own."""
+    return {"lmms_eval": lmms_eval, "lenient": GenerationSettings(lenient_max_new_tokens)}
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Finding a split: a local folder, the local Hugging Face cache, or the hub
@@ -207,14 +225,16 @@ class EasyVQABenchmark(Benchmark):
     ``sample_id`` is ``<split>-<question number>``. Images are opened from the package's PNG files when accessed.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(16), 16)
     SPLITS: ClassVar[dict[str, tuple[Any, Any]]] = {
         "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
         "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
     }
 
-    def __init__(self, split: str = "test", limit: int | None = None, seed: int = 0) -> None:
-        super().__init__(limit, seed)
+    def __init__(
+        self, split: str = "test", limit: int | None = None, seed: int = 0, scoring: str = DEFAULT_SCORING
+    ) -> None:
+        super().__init__(limit, seed, scoring)
         if split not in self.SPLITS:
             raise ConfigError(f"easy-VQA split={split!r} is not one of {', '.join(self.SPLITS)}")
         self.split = split
@@ -244,10 +264,14 @@ class EasyVQABenchmark(Benchmark):
         return assemble(records, images, range(len(records)), where)
 
     def train_split(self) -> EasyVQABenchmark:
-        return EasyVQABenchmark("train", self.limit, self.seed)
+        return EasyVQABenchmark("train", self.limit, self.seed, self.scoring)
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """Exact-match accuracy (case and punctuation aside)."""
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """lmms-eval's ``exact_match`` (case and punctuation aside), as its GQA task scores one-word answers."""
+        return {"accuracy": _mean([lmms_eval_exact_match(r["prediction"], r["answer"]) for r in records], "easy-VQA")}
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Exact-match accuracy (case, punctuation and surrounding spaces aside)."""
         return {"accuracy": _mean([exact_match(r["prediction"], r["answer"]) for r in records], "easy-VQA")}
 
 
@@ -269,9 +293,15 @@ class HubBenchmark(Benchmark):
     columns: ClassVar[tuple[str, ...]]
 
     def __init__(
-        self, dataset: str, split: str, config: str | None = None, limit: int | None = None, seed: int = 0
+        self,
+        dataset: str,
+        split: str,
+        config: str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        scoring: str = DEFAULT_SCORING,
     ) -> None:
-        super().__init__(limit, seed)
+        super().__init__(limit, seed, scoring)
         self.dataset = dataset
         self.config = config
         self.split = split
@@ -315,16 +345,18 @@ class HubBenchmark(Benchmark):
 class PopeBenchmark(HubBenchmark):
     """POPE (lmms-lab/POPE, test: 3 x 3,000 yes/no object questions, splits adversarial, popular, random).
 
-    lmms-eval ``pope``: prompt ``question.strip() + "\\nAnswer the question using a single word or phrase."``.
-    Scored per ``category`` (adversarial/popular/random) with accuracy, precision, recall, F1 and yes-ratio;
-    ``accuracy`` and ``f1`` are their unweighted means over the categories present.
+    lmms-eval ``pope``: prompt ``question.strip() + "\\nAnswer the question using a single word or phrase."``,
+    up to 128 new tokens. ``lmms_eval``: :func:`~fopru.data.metrics.lmms_eval_pope_metrics` over all questions
+    pooled (the headline ``accuracy``, ``precision``, ``recall``, ``f1``, both yes-ratios and ``unreadable``, as
+    lmms-eval's ``pope`` task reports them) and the same per ``category`` (``adversarial/f1``, ...). ``lenient``:
+    per category with :func:`~fopru.data.metrics.pope_metrics`, ``accuracy`` and ``f1`` their unweighted means.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(128), 16)
 
     @property
     def primary_metric(self) -> str:
-        return "f1"  # mean F1 over the adversarial, popular and random splits
+        return "f1"  # lmms_eval: pooled over the three splits; lenient: mean of the per-split F1
 
     columns = ("question_id", "question", "answer", "category")
 
@@ -337,10 +369,16 @@ class PopeBenchmark(HubBenchmark):
             "category": row["category"],
         }
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        scores = lmms_eval_pope_metrics([r["prediction"] for r in records], [r["answer"] for r in records])
+        for category in sorted({r["category"] for r in records}):
+            subset = [r for r in records if r["category"] == category]
+            metrics = lmms_eval_pope_metrics([r["prediction"] for r in subset], [r["answer"] for r in subset])
+            scores.update({f"{category}/{name}": value for name, value in metrics.items()})
+        return scores
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         categories = sorted({r["category"] for r in records})
-        if not categories:
-            raise ConfigError("POPE: no records to score")
         scores: dict[str, float] = {}
         for category in categories:
             subset = [r for r in records if r["category"] == category]
@@ -355,10 +393,12 @@ class MMEBenchmark(HubBenchmark):
     """MME (lmms-lab/MME, test: 14 subtasks, two yes/no questions per image).
 
     lmms-eval ``mme``: the question, stripped, loses its " Please answer yes or no." and gains the short-answer
-    post-prompt. ``limit`` counts images (question pairs), since the score needs both questions of an image.
+    post-prompt. ``limit`` counts images (question pairs), since the score needs both questions of an image. Both
+    protocols score as lmms-eval's ``mme/utils.py`` (:func:`~fopru.data.metrics.mme_scores`); lmms-eval generates up
+    to 16 new tokens.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(16), 16)
 
     @property
     def primary_metric(self) -> str:
@@ -381,7 +421,10 @@ class MMEBenchmark(HubBenchmark):
             "category": row["category"],
         }
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return mme_scores(records)
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return mme_scores(records)
 
 
@@ -389,10 +432,12 @@ class GQABenchmark(HubBenchmark):
     """GQA (lmms-lab/GQA, testdev balanced: 12,578 questions on 398 images), exact match.
 
     Questions and images are two configs of the dataset, joined on ``imageId`` == ``id`` as lmms-eval's
-    ``gqa_process_docs`` does. Prompt: ``question + "\\nAnswer the question using a single word or phrase."``.
+    ``gqa_process_docs`` does. Prompt: ``question + "\\nAnswer the question using a single word or phrase."``, up
+    to 16 new tokens. ``lmms_eval``: :func:`~fopru.data.metrics.lmms_eval_exact_match` (``gqa.yaml``);
+    ``lenient``: :func:`~fopru.data.metrics.exact_match`.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(16), 16)
     columns = ("id", "imageId", "question", "answer")
 
     def __init__(
@@ -403,8 +448,9 @@ class GQABenchmark(HubBenchmark):
         image_config: str = "testdev_balanced_images",
         limit: int | None = None,
         seed: int = 0,
+        scoring: str = DEFAULT_SCORING,
     ) -> None:
-        super().__init__(dataset, split, config, limit, seed)
+        super().__init__(dataset, split, config, limit, seed, scoring)
         self.image_config = image_config
 
     def images(
@@ -427,7 +473,10 @@ class GQABenchmark(HubBenchmark):
             "answer": row["answer"],
         }
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return {"accuracy": _mean([lmms_eval_exact_match(r["prediction"], r["answer"]) for r in records], "GQA")}
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {"accuracy": _mean([exact_match(r["prediction"], r["answer"]) for r in records], "GQA")}
 
 
@@ -436,10 +485,12 @@ class TextVQABenchmark(HubBenchmark):
 
     lmms-eval ``textvqa_val``: ``question.capitalize()`` (which also lower-cases the rest), then, with ``ocr``
     (default off, as in lmms-eval's default), ``"\\nReference OCR token: " + ", ".join(ocr_tokens)``, then the
-    short-answer post-prompt.
+    short-answer post-prompt. ``lmms_eval``: ``textvqa/utils.py``'s VQA accuracy
+    (:func:`~fopru.data.metrics.lmms_eval_vqa_accuracy`), generation as its yaml (no ``max_new_tokens``, so the
+    wrappers' 1024; answers cut at ``"ASSISTANT:"``). ``lenient``: :func:`~fopru.data.metrics.vqa_accuracy`.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 16)
     columns = ("question_id", "question", "answers", "ocr_tokens")
 
     def __init__(
@@ -450,8 +501,9 @@ class TextVQABenchmark(HubBenchmark):
         ocr: bool = False,
         limit: int | None = None,
         seed: int = 0,
+        scoring: str = DEFAULT_SCORING,
     ) -> None:
-        super().__init__(dataset, split, config, limit, seed)
+        super().__init__(dataset, split, config, limit, seed, scoring)
         self.ocr = ocr
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
@@ -462,7 +514,11 @@ class TextVQABenchmark(HubBenchmark):
             "answers": list(row["answers"]),
         }
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        scores = [lmms_eval_vqa_accuracy(r["prediction"], r["answers"], textvqa=True) for r in records]
+        return {"accuracy": _mean(scores, "TextVQA")}
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {"accuracy": _mean([vqa_accuracy(r["prediction"], r["answers"]) for r in records], "TextVQA")}
 
 
@@ -470,10 +526,12 @@ class VQAv2Benchmark(HubBenchmark):
     """VQAv2 (lmms-lab/VQAv2, validation: 214,354 questions, 10 answers each), VQA accuracy.
 
     Prompt: ``question + "\\nAnswer the question using a single word or phrase."`` (lmms-eval's VQAv2 template and
-    LLaVA-1.5's own evaluation prompt).
+    LLaVA-1.5's own evaluation prompt), up to 16 new tokens. ``lmms_eval``: ``vqav2/utils.py``'s VQA accuracy
+    (:func:`~fopru.data.metrics.lmms_eval_vqa_accuracy`, without TextVQA's first normalization step);
+    ``lenient``: :func:`~fopru.data.metrics.vqa_accuracy`.
     """
 
-    max_new_tokens = 16
+    GENERATION = generation(GenerationSettings(16), 16)
     columns = ("question_id", "question", "answers")
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
@@ -483,18 +541,30 @@ class VQAv2Benchmark(HubBenchmark):
             "answers": [answer["answer"] for answer in row["answers"]],
         }
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        scores = [lmms_eval_vqa_accuracy(r["prediction"], r["answers"], textvqa=False) for r in records]
+        return {"accuracy": _mean(scores, "VQAv2")}
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {"accuracy": _mean([vqa_accuracy(r["prediction"], r["answers"]) for r in records], "VQAv2")}
 
 
 class MultipleChoiceBenchmark(HubBenchmark):
-    """Shared scoring of lettered multiple choice: records carry ``choices`` (option texts) and ``answer`` (letter)."""
+    """Shared scoring of lettered multiple choice: records carry ``choices`` (option texts) and ``answer`` (letter).
 
-    max_new_tokens = 8
+    ``lmms_eval``: the share of questions :meth:`lmms_eval_correct` (the task's own reading rule) calls right.
+    ``lenient``: :func:`~fopru.data.metrics.multiple_choice_accuracy`, any letter format or the option's text.
+    """
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        if not records:
-            raise ConfigError(f"{type(self).__name__}: no records to score")
+    @abstractmethod
+    def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
+        """Whether lmms-eval's rule for this task reads the record's prediction as its answer letter."""
+
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        rights = [float(self.lmms_eval_correct(record)) for record in records]
+        return {"accuracy": _mean(rights, type(self).__name__)}
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         predictions = [r["prediction"] for r in records]
         return {
             "accuracy": multiple_choice_accuracy(
@@ -507,10 +577,15 @@ class ScienceQABenchmark(MultipleChoiceBenchmark):
     """ScienceQA-IMG (lmms-lab/ScienceQA, config ScienceQA-IMG, test: 2,017 questions with an image).
 
     lmms-eval ``scienceqa_img``: ``"Context: {hint}\\n"`` when there is a hint, the question, the lettered options
-    (``"A. ..."`` one per line), then ``"\\nAnswer with the option's letter from the given choices directly."``.
+    (``"A. ..."`` one per line), then ``"\\nAnswer with the option's letter from the given choices directly."``, up
+    to 16 new tokens; read by :func:`~fopru.data.metrics.scienceqa_correct` (``scienceqa/utils.py``).
     """
 
+    GENERATION = generation(GenerationSettings(16), 8)
     columns = ("question", "choices", "answer", "hint")
+
+    def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
+        return scienceqa_correct(record["prediction"], record["answer"])
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
         context = f"Context: {row['hint']}\n" if row["hint"] else ""
@@ -526,10 +601,15 @@ class ScienceQABenchmark(MultipleChoiceBenchmark):
 class AI2DBenchmark(MultipleChoiceBenchmark):
     """AI2D (lmms-lab/ai2d, test: 3,088 diagram questions).
 
-    lmms-eval ``ai2d`` (``mcq`` format): the question, the lettered options, then the option-letter post-prompt.
+    lmms-eval ``ai2d`` (``mcq`` format): the question, the lettered options, then the option-letter post-prompt, up
+    to 16 new tokens; read by :func:`~fopru.data.metrics.ai2d_correct` (``ai2d/utils.py`` and ``ai2d.yaml``).
     """
 
+    GENERATION = generation(GenerationSettings(16), 8)
     columns = ("question", "options", "answer")
+
+    def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
+        return ai2d_correct(record["prediction"], record["answer"])
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
         choices = list(row["options"])
@@ -546,8 +626,12 @@ class SEEDBenchmark(MultipleChoiceBenchmark):
 
     lmms-eval ``seedbench``: the question, ``"A. ..."`` to ``"D. ..."`` one per line, then the option-letter
     post-prompt. The dataset stores a list of images per row (video rows hold frames); image rows hold one.
+    ``lmms_eval`` reads the first character (:func:`~fopru.data.metrics.seedbench_correct`, ``seedbench/utils.py``;
+    ``accuracy`` is its ``seed_image``); generation as its yaml: no ``max_new_tokens`` (1024), cut at
+    ``"ASSISTANT:"``.
     """
 
+    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 8)
     columns = ("question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer", "data_type")
 
     def candidates(self, raw: Dataset) -> list[int]:
@@ -578,6 +662,9 @@ class SEEDBenchmark(MultipleChoiceBenchmark):
             "answer": row["answer"],
         }
 
+    def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
+        return seedbench_correct(record["prediction"], record["answer"])
+
 
 def _present(option: object) -> bool:
     """lmms-eval's test for an MMBench option or hint: not None, not empty, not NaN, not the string "nan"."""
@@ -592,9 +679,16 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
     The dev split holds each question (``index`` < 1,000,000) and its circular variants (``index + k * 1e6``, options
     rotated). ``circular=False`` keeps only the originals and scores plain accuracy; ``circular=True`` keeps all
     variants and scores MMBench's CircularEval (a question counts if every variant is right; ``limit`` counts
-    questions). Prompt as lmms-eval's ``mmbench_en_dev``: ``"{hint} {question} There are several options:\\nA. ...``
-    (hint only when present), then ``"\\n"`` and the option-letter post-prompt, which itself starts with a newline.
+    questions); ``circular=None`` takes the protocol's default: circular under ``lmms_eval`` (what
+    ``mmbench_en_dev`` reports), not under ``lenient``. Prompt as lmms-eval's ``mmbench_en_dev``:
+    ``"{hint} {question} There are several options:\\nA. ...`` (hint only when present), then ``"\\n"`` and the
+    option-letter post-prompt, which itself starts with a newline. ``lmms_eval`` scores with
+    :func:`~fopru.data.metrics.mmbench_scores` (no GPT judge: as ``mmbench_en_dev_static``, with the counts of
+    answers the judge would have been asked about and of unreadable ones); generation as its yaml (1024 new
+    tokens, cut at ``"ASSISTANT:"``).
     """
+
+    GENERATION = generation(GenerationSettings(1024, ASSISTANT_TURN), 8)
 
     columns = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category")
     VARIANT_STRIDE = 1_000_000
@@ -605,12 +699,13 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
         dataset: str,
         split: str,
         config: str | None = None,
-        circular: bool = False,
+        circular: bool | None = None,
         limit: int | None = None,
         seed: int = 0,
+        scoring: str = DEFAULT_SCORING,
     ) -> None:
-        super().__init__(dataset, split, config, limit, seed)
-        self.circular = circular
+        super().__init__(dataset, split, config, limit, seed, scoring)
+        self.circular = circular if circular is not None else self.scoring == "lmms_eval"
 
     def candidates(self, raw: Dataset) -> list[int]:
         indices = [int(index) for index in raw["index"]]
@@ -643,7 +738,13 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
     def primary_metric(self) -> str:
         return "circular_accuracy" if self.circular else "accuracy"
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
+        return mmbench_scores([record], circular=False)["accuracy"] == 1.0
+
+    def score_lmms_eval(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return mmbench_scores(records, circular=self.circular)
+
+    def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if self.circular:
             return {"circular_accuracy": mmbench_circular_accuracy(records)}
-        return super().score(records)
+        return super().score_lenient(records)

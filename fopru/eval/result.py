@@ -62,6 +62,8 @@ class RunResult:
         kept_tokens_equivalent: the visual-token count with which a pre-LLM method would cost the same prefill: the
             budget to set in-LLM methods beside pre-LLM ones.
         method: the method preset (``method=visionzip``), or ``None`` when the groups were chosen one by one.
+        scoring: the scoring protocol of ``metrics``, ``name@revision`` (:mod:`fopru.data.scoring`); results
+            written before it was recorded were scored ``lenient``.
     """
 
     group: str
@@ -89,6 +91,7 @@ class RunResult:
     kept_tokens_layer_mean: float | None = None
     kept_tokens_equivalent: float | None = None
     method: str | None = None
+    scoring: str = "lenient"
 
     @property
     def accuracy(self) -> float:

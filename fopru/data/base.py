@@ -46,8 +46,10 @@ class Benchmark(ABC):
     as MMBench's ``unreadable``) are floats too.
 
     ``scoring`` names the protocol (:mod:`fopru.data.scoring`): ``lmms_eval`` (default) follows lmms-eval's task
-    code for the benchmark, ``lenient`` fopru's forgiving readers. ``score`` cuts each prediction at the protocol's
-    stop strings and hands the records to :meth:`score_lmms_eval` or :meth:`score_lenient`. The protocol also sets
+    code for the benchmark, ``lenient`` fopru's forgiving readers, ``llava`` the LLaVA repository's evaluation
+    scripts (only where they hold the scoring: POPE, ScienceQA-IMG, TextVQA, SEED-Bench; elsewhere the constructor
+    raises). ``score`` cuts each prediction at the protocol's stop strings and hands the records to
+    :meth:`score_lmms_eval`, :meth:`score_lenient` or :meth:`score_llava`. The protocol also sets
     the generation (``GENERATION[scoring]``: ``max_new_tokens`` and stop strings, lmms-eval's task yaml
     ``generation_kwargs`` under ``lmms_eval``) and may set reported defaults (MMBench's circular evaluation).
 
@@ -56,8 +58,10 @@ class Benchmark(ABC):
     configuration does not touch the network or the disk.
     """
 
-    #: Generation settings per scoring protocol name.
+    #: Generation settings per scoring protocol name; a protocol absent here cannot score the benchmark.
     GENERATION: ClassVar[Mapping[str, GenerationSettings]]
+    #: Why a protocol absent from ``GENERATION`` cannot score the benchmark.
+    UNSUPPORTED_REASON: ClassVar[str] = "the LLaVA repository holds no scoring code for it"
 
     def __init__(self, limit: int | None = None, seed: int = 0, scoring: str = DEFAULT_SCORING) -> None:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -65,6 +69,11 @@ class Benchmark(ABC):
         self.limit = limit
         self.seed = seed
         self.protocol: ScoringProtocol = scoring_protocol(scoring)
+        if self.protocol.name not in self.GENERATION:
+            raise ConfigError(
+                f"{type(self).__name__} cannot be scored with scoring={scoring!r}: {self.UNSUPPORTED_REASON}; its "
+                f"protocols are {', '.join(self.GENERATION)}"
+            )
 
     @property
     def scoring(self) -> str:
@@ -97,6 +106,8 @@ class Benchmark(ABC):
         answered = [{**record, "prediction": self.generation.cut(str(record["prediction"]))} for record in records]
         if self.scoring == "lenient":
             return self.score_lenient(answered)
+        if self.scoring == "llava":
+            return self.score_llava(answered)
         return self.score_lmms_eval(answered)
 
     @abstractmethod
@@ -106,6 +117,10 @@ class Benchmark(ABC):
     @abstractmethod
     def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """The ``lenient`` protocol's scores of ``records``."""
+
+    def score_llava(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """The scores the LLaVA repository's evaluation scripts give ``records``, where it has them."""
+        raise ConfigError(f"{type(self).__name__} has no llava scoring: {self.UNSUPPORTED_REASON}")
 
     def train_split(self) -> Benchmark:
         """The same benchmark on its training split (rows with an ``answer`` string), for ``stage=train``."""

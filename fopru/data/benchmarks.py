@@ -17,7 +17,7 @@ import random
 import string
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +31,8 @@ from fopru.data.base import Benchmark
 from fopru.data.metrics import (
     ai2d_correct,
     exact_match,
+    llava_pope_metrics,
+    llava_scienceqa_letter,
     lmms_eval_exact_match,
     lmms_eval_pope_metrics,
     lmms_eval_vqa_accuracy,
@@ -57,9 +59,21 @@ LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS = 1024
 ASSISTANT_TURN = ("ASSISTANT:",)
 
 
-def generation(lmms_eval: GenerationSettings, lenient_max_new_tokens: int) -> dict[str, GenerationSettings]:
-    """A benchmark's generation settings per protocol: lmms-eval's task yaml, and the lenient protocol's own."""
-    return {"lmms_eval": lmms_eval, "lenient": GenerationSettings(lenient_max_new_tokens)}
+# LLaVA's model_vqa_loader.py (POPE, TextVQA, SEED-Bench) and model_vqa_science.py (ScienceQA) generate up to
+# 128 and 1024 new tokens.
+LLAVA_LOADER = GenerationSettings(128)
+LLAVA_SCIENCE = GenerationSettings(1024)
+
+
+def generation(
+    lmms_eval: GenerationSettings, lenient_max_new_tokens: int, llava: GenerationSettings | None = None
+) -> dict[str, GenerationSettings]:
+    """A benchmark's generation settings per protocol: lmms-eval's task yaml, the lenient protocol's own and, where
+    the LLaVA repository scores the benchmark, its evaluation script's."""
+    settings = {"lmms_eval": lmms_eval, "lenient": GenerationSettings(lenient_max_new_tokens)}
+    if llava is not None:
+        settings["llava"] = llava
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,6 +240,7 @@ class EasyVQABenchmark(Benchmark):
     """
 
     GENERATION = generation(GenerationSettings(16), 16)
+    UNSUPPORTED_REASON = "easy-VQA is not among LLaVA's evaluation benchmarks"
     SPLITS: ClassVar[dict[str, tuple[Any, Any]]] = {
         "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
         "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
@@ -350,9 +365,11 @@ class PopeBenchmark(HubBenchmark):
     pooled (the headline ``accuracy``, ``precision``, ``recall``, ``f1``, both yes-ratios and ``unreadable``, as
     lmms-eval's ``pope`` task reports them) and the same per ``category`` (``adversarial/f1``, ...). ``lenient``:
     per category with :func:`~fopru.data.metrics.pope_metrics`, ``accuracy`` and ``f1`` their unweighted means.
+    ``llava``: per category with :func:`~fopru.data.metrics.llava_pope_metrics` (``llava/eval/eval_pope.py``, which
+    prints each split), ``accuracy`` and ``f1`` their unweighted means (the single POPE number of LLaVA-1.5 papers).
     """
 
-    GENERATION = generation(GenerationSettings(128), 16)
+    GENERATION = generation(GenerationSettings(128), 16, LLAVA_LOADER)
 
     @property
     def primary_metric(self) -> str:
@@ -378,11 +395,21 @@ class PopeBenchmark(HubBenchmark):
         return scores
 
     def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return self._split_means(records, pope_metrics)
+
+    def score_llava(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        return self._split_means(records, llava_pope_metrics)
+
+    @staticmethod
+    def _split_means(
+        records: Sequence[Mapping[str, Any]],
+        metrics_of: Callable[[Sequence[str], Sequence[str]], dict[str, float]],
+    ) -> dict[str, float]:
         categories = sorted({r["category"] for r in records})
         scores: dict[str, float] = {}
         for category in categories:
             subset = [r for r in records if r["category"] == category]
-            metrics = pope_metrics([r["prediction"] for r in subset], [r["answer"] for r in subset])
+            metrics = metrics_of([r["prediction"] for r in subset], [r["answer"] for r in subset])
             scores.update({f"{category}/{name}": value for name, value in metrics.items()})
         for name in ("accuracy", "f1"):
             scores[name] = sum(scores[f"{category}/{name}"] for category in categories) / len(categories)
@@ -399,6 +426,7 @@ class MMEBenchmark(HubBenchmark):
     """
 
     GENERATION = generation(GenerationSettings(16), 16)
+    UNSUPPORTED_REASON = "LLaVA's mme.sh scores with MME's own eval tool, which the LLaVA repository does not hold"
 
     @property
     def primary_metric(self) -> str:
@@ -438,6 +466,7 @@ class GQABenchmark(HubBenchmark):
     """
 
     GENERATION = generation(GenerationSettings(16), 16)
+    UNSUPPORTED_REASON = "LLaVA's gqa.sh scores with GQA's own eval.py, which the LLaVA repository does not hold"
     columns = ("id", "imageId", "question", "answer")
 
     def __init__(
@@ -490,7 +519,7 @@ class TextVQABenchmark(HubBenchmark):
     wrappers' 1024; answers cut at ``"ASSISTANT:"``). ``lenient``: :func:`~fopru.data.metrics.vqa_accuracy`.
     """
 
-    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 16)
+    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 16, LLAVA_LOADER)
     columns = ("question_id", "question", "answers", "ocr_tokens")
 
     def __init__(
@@ -498,13 +527,14 @@ class TextVQABenchmark(HubBenchmark):
         dataset: str,
         split: str,
         config: str | None = None,
-        ocr: bool = False,
+        ocr: bool | None = None,
         limit: int | None = None,
         seed: int = 0,
         scoring: str = DEFAULT_SCORING,
     ) -> None:
         super().__init__(dataset, split, config, limit, seed, scoring)
-        self.ocr = ocr
+        # LLaVA's TextVQA questions (llava_textvqa_val_v051_ocr.jsonl) carry the OCR tokens; lmms-eval's default not.
+        self.ocr = ocr if ocr is not None else self.scoring == "llava"
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
         reference = f"\nReference OCR token: {', '.join(row['ocr_tokens'])}" if self.ocr else ""
@@ -521,6 +551,10 @@ class TextVQABenchmark(HubBenchmark):
     def score_lenient(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         return {"accuracy": _mean([vqa_accuracy(r["prediction"], r["answers"]) for r in records], "TextVQA")}
 
+    def score_llava(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        # llava/eval/m4c_evaluator.py: the same processor and leave-one-out average as lmms-eval's textvqa/utils.py.
+        return self.score_lmms_eval(records)
+
 
 class VQAv2Benchmark(HubBenchmark):
     """VQAv2 (lmms-lab/VQAv2, validation: 214,354 questions, 10 answers each), VQA accuracy.
@@ -532,6 +566,7 @@ class VQAv2Benchmark(HubBenchmark):
     """
 
     GENERATION = generation(GenerationSettings(16), 16)
+    UNSUPPORTED_REASON = "LLaVA's vqav2.sh converts predictions for the test-dev evaluation server, which scores them"
     columns = ("question_id", "question", "answers")
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
@@ -581,11 +616,16 @@ class ScienceQABenchmark(MultipleChoiceBenchmark):
     to 16 new tokens; read by :func:`~fopru.data.metrics.scienceqa_correct` (``scienceqa/utils.py``).
     """
 
-    GENERATION = generation(GenerationSettings(16), 8)
+    GENERATION = generation(GenerationSettings(16), 8, LLAVA_SCIENCE)
     columns = ("question", "choices", "answer", "hint")
 
     def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
         return scienceqa_correct(record["prediction"], record["answer"])
+
+    def score_llava(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """``llava/eval/eval_science_qa.py``'s accuracy (:func:`~fopru.data.metrics.llava_scienceqa_letter`)."""
+        rights = [llava_scienceqa_letter(r["prediction"], len(r["choices"])) == r["answer"] for r in records]
+        return {"accuracy": _mean([float(right) for right in rights], "ScienceQA")}
 
     def record(self, row: dict[str, Any], position: int) -> dict[str, Any]:
         context = f"Context: {row['hint']}\n" if row["hint"] else ""
@@ -606,6 +646,7 @@ class AI2DBenchmark(MultipleChoiceBenchmark):
     """
 
     GENERATION = generation(GenerationSettings(16), 8)
+    UNSUPPORTED_REASON = "LLaVA-1.5's evaluation scripts do not cover AI2D"
     columns = ("question", "options", "answer")
 
     def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
@@ -631,7 +672,7 @@ class SEEDBenchmark(MultipleChoiceBenchmark):
     ``"ASSISTANT:"``.
     """
 
-    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 8)
+    GENERATION = generation(GenerationSettings(LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS, ASSISTANT_TURN), 8, LLAVA_LOADER)
     columns = ("question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer", "data_type")
 
     def candidates(self, raw: Dataset) -> list[int]:
@@ -665,6 +706,10 @@ class SEEDBenchmark(MultipleChoiceBenchmark):
     def lmms_eval_correct(self, record: Mapping[str, Any]) -> bool:
         return seedbench_correct(record["prediction"], record["answer"])
 
+    def score_llava(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """``scripts/convert_seed_for_submission.py``: the stripped prediction must be exactly the answer letter."""
+        return {"accuracy": _mean([float(r["prediction"] == r["answer"]) for r in records], "SEED-Bench")}
+
 
 def _present(option: object) -> bool:
     """lmms-eval's test for an MMBench option or hint: not None, not empty, not NaN, not the string "nan"."""
@@ -689,6 +734,7 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
     """
 
     GENERATION = generation(GenerationSettings(1024, ASSISTANT_TURN), 8)
+    UNSUPPORTED_REASON = "LLaVA's mmbench.sh converts predictions for MMBench's submission server, which scores them"
 
     columns = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category")
     VARIANT_STRIDE = 1_000_000

@@ -9,6 +9,8 @@ Two families live here, one per scoring protocol (:mod:`fopru.data.scoring`):
   functions of this family name the lmms-eval file they follow.
 - ``lenient``: fopru's forgiving readers (:func:`extract_choice`, :func:`parse_yes_no` for POPE, per-split POPE
   means). They read more answer formats than lmms-eval does, so their numbers are not comparable with published ones.
+- ``llava``: the LLaVA repository's own evaluation scripts at :data:`LLAVA_REVISION`, which many LLaVA-1.5 papers
+  scored with, for the benchmarks whose scoring code that repository holds (POPE, ScienceQA-IMG, TextVQA, SEED-Bench).
 
 Accuracies are fractions in [0, 1], except MME, whose scores are conventionally reported on its own 0..200
 per-subtask scale.
@@ -28,14 +30,21 @@ from fopru.errors import ConfigError
 LMMS_EVAL_REPOSITORY = "EvolvingLMMs-Lab/lmms-eval"
 LMMS_EVAL_REVISION = "75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3"
 LMMS_EVAL_REVISION_DATE = "2026-08-06"
+#: The LLaVA repository and revision whose evaluation scripts (``llava/eval/*.py``, ``scripts/v1_5/eval/*``) the
+#: ``llava`` protocol follows (commit of 2024-05-12).
+LLAVA_REPOSITORY = "haotian-liu/LLaVA"
+LLAVA_REVISION = "c121f0432da27facab705978f83c4ada465e46fd"
 
 __all__ = [
+    "LLAVA_REVISION",
     "LMMS_EVAL_REVISION",
     "MME_COGNITION",
     "MME_PERCEPTION",
     "ai2d_correct",
     "exact_match",
     "extract_choice",
+    "llava_pope_reading",
+    "llava_scienceqa_letter",
     "lmms_eval_exact_match",
     "lmms_eval_pope_metrics",
     "lmms_eval_vqa_accuracy",
@@ -788,3 +797,72 @@ def mmbench_scores(records: Sequence[Mapping[str, object]], *, circular: bool) -
         "judge_needed": float(judge_needed),
         "unreadable": float(unreadable),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The llava protocol: the LLaVA repository's evaluation scripts at LLAVA_REVISION
+# ---------------------------------------------------------------------------------------------------------------------
+# LLaVA's model_vqa_loader.py and model_vqa_science.py strip every generation before these rules see it.
+
+
+def llava_pope_reading(prediction: str) -> str:
+    """LLaVA's ``llava/eval/eval_pope.py``: "no" if the first sentence has the word "No", "no" or "not", else "yes".
+
+    Only the text before the first period counts; commas are deleted; words are split on single spaces, case
+    kept. Every other answer is "yes": "Nope", "NO", "Yes", "" and "I cannot tell" all read yes.
+    """
+    text = prediction.split(".", 1)[0] if "." in prediction else prediction
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+def llava_pope_metrics(predictions: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
+    """``eval_pope.py``'s accuracy, precision, recall, F1 and yes-ratio of one split, "yes" the positive class.
+
+    Predictions are read by :func:`llava_pope_reading`, answers "no" are negative and all others positive.
+    ``yes_ratio`` is the share of "yes" readings. Where the script would divide by zero (no "yes" reading, say), the
+    ratio is 0 here.
+    """
+    if len(predictions) != len(answers) or not answers:
+        raise ConfigError(
+            f"POPE needs as many predictions as answers, at least one; got {len(predictions)} and {len(answers)}"
+        )
+    guesses = [llava_pope_reading(prediction) == "yes" for prediction in predictions]
+    truths = [answer != "no" for answer in answers]
+    pairs = list(zip(guesses, truths, strict=True))
+    true_positives = sum(g and t for g, t in pairs)
+    false_positives = sum(g and not t for g, t in pairs)
+    false_negatives = sum(not g and t for g, t in pairs)
+    true_negatives = len(pairs) - true_positives - false_positives - false_negatives
+    precision = true_positives / (true_positives + false_positives) if true_positives + false_positives else 0.0
+    recall = true_positives / (true_positives + false_negatives) if true_positives + false_negatives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": (true_positives + true_negatives) / len(pairs),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "yes_ratio": sum(guesses) / len(pairs),
+    }
+
+
+_LLAVA_SCIENCEQA_OPTIONS = ("A", "B", "C", "D", "E")  # a list there: "in" tests equality, not substrings
+_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def llava_scienceqa_letter(prediction: str, option_count: int) -> str | None:
+    """LLaVA's ``llava/eval/eval_science_qa.py``: the option letter a prediction names, or None (its "FAILED").
+
+    The whole prediction one of A..E; else "X. " opening it (X in A..E); else exactly one match of
+    ``The answer is ([A-Z]).`` (the final "." matches any character). A letter beyond the question's options
+    counts as no answer (the script's index -1).
+    """
+    letters = _LLAVA_SCIENCEQA_OPTIONS
+    if prediction in letters:
+        read: str | None = prediction
+    elif len(prediction) >= 3 and prediction[0] in letters and prediction[1:3] == ". ":
+        read = prediction[0]
+    else:
+        found = _LLAVA_ANSWER_IS.findall(prediction)
+        read = found[0] if len(found) == 1 else None
+    return read if read is not None and read in letters[:option_count] else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fopru.data.metrics import LMMS_EVAL_REPOSITORY, LMMS_EVAL_REVISION
+from fopru.data.metrics import LLAVA_REPOSITORY, LLAVA_REVISION, LMMS_EVAL_REPOSITORY, LMMS_EVAL_REVISION
 from fopru.errors import ConfigError
 
 
@@ -48,8 +48,14 @@ LENIENT = ScoringProtocol(
     None,
     comparable=False,
 )
+LLAVA = ScoringProtocol(
+    "llava",
+    f"{LLAVA_REPOSITORY}'s evaluation scripts (llava/eval/*.py, scripts/v1_5/eval/*), where they hold the scoring",
+    LLAVA_REVISION,
+    comparable=True,
+)
 #: Every protocol, by name; ``lmms_eval`` is the default.
-SCORING_PROTOCOLS = {protocol.name: protocol for protocol in (LMMS_EVAL, LENIENT)}
+SCORING_PROTOCOLS = {protocol.name: protocol for protocol in (LMMS_EVAL, LENIENT, LLAVA)}
 DEFAULT_SCORING = LMMS_EVAL.name
 
 

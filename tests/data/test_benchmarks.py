@@ -527,9 +527,9 @@ def test_every_config_builds_a_benchmark(name: str) -> None:
     built = benchmark(name)
     assert isinstance(built, Benchmark)
     assert built.scoring == "lmms_eval", "the default scoring follows lmms-eval"
-    for scoring in SCORING_PROTOCOLS:
-        assert isinstance(benchmark(name, scoring=scoring).max_new_tokens, int)
-    with pytest.raises(ConfigError, match=r"scoring='lmms-eval'.*lmms_eval, lenient"):
+    for scoring in built.GENERATION:
+        assert scoring in SCORING_PROTOCOLS and isinstance(benchmark(name, scoring=scoring).max_new_tokens, int)
+    with pytest.raises(ConfigError, match=r"scoring='lmms-eval'.*lmms_eval, lenient, llava"):
         benchmark(name, scoring="lmms-eval")
     assert built.seed == 0  # ${seed} of train_eval.yaml
     with pytest.raises(ConfigError, match="limit"):
@@ -649,6 +649,8 @@ def test_textvqa_ocr_option_adds_lmms_eval_reference_tokens(tmp_path: Path) -> N
     FIXTURES["textvqa"].write(tmp_path)
     loaded = benchmark("textvqa", dataset=str(tmp_path), ocr=True).load()
     assert loaded[1]["prompt"] == f"What does the tv say?\nReference OCR token: nous, tv{SHORT}"
+    assert benchmark("textvqa", dataset=str(tmp_path), scoring="llava").load()[1]["prompt"] == loaded[1]["prompt"]
+    assert benchmark("textvqa", dataset=str(tmp_path)).load()[1]["prompt"] == f"What does the tv say?{SHORT}"
 
 
 def test_gqa_question_without_its_image_is_an_error_not_a_dropped_row(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""Both scoring protocols on hand-made prediction sets, benchmark by benchmark.
+"""The scoring protocols on hand-made prediction sets, benchmark by benchmark.
 
 Each expected ``lmms_eval`` value is worked out by hand from lmms-eval's task code at
 :data:`~fopru.data.metrics.LMMS_EVAL_REVISION` (the file is named per benchmark below); each expected ``lenient``
-value from fopru's lenient readers as they were before lmms-eval's rules became the default.
+value from fopru's lenient readers as they were before lmms-eval's rules became the default; each ``llava`` value
+from the LLaVA repository's evaluation scripts at :data:`~fopru.data.metrics.LLAVA_REVISION`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from fopru.components import CONFIG_DIR, build, choices
 from fopru.data.base import Benchmark
 from fopru.data.metrics import (
+    llava_pope_reading,
+    llava_scienceqa_letter,
     mcq_extract_letter,
     mmbench_can_infer_option,
     mmbench_can_infer_text,
@@ -22,6 +25,7 @@ from fopru.data.metrics import (
     normalize_vqav2_answer,
 )
 from fopru.data.scoring import SCORING_PROTOCOLS
+from fopru.errors import ConfigError
 
 HUB = [name for name in choices("data") if "dataset" in OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")]
 TEN = 10
@@ -69,7 +73,22 @@ def test_every_hub_benchmark_has_its_task_yaml_generation_settings() -> None:
         assert (settings.max_new_tokens, settings.stop) == LMMS_EVAL_GENERATION[name], name
         lenient = benchmark(name, "lenient").generation
         assert (lenient.max_new_tokens, lenient.stop) == (LENIENT_MAX_NEW_TOKENS.get(name, 16), ()), name
-    assert all(set(benchmark(name, "lmms_eval").GENERATION) == set(SCORING_PROTOCOLS) for name in choices("data"))
+    for name in choices("data"):
+        assert {"lmms_eval", "lenient"} <= set(benchmark(name, "lmms_eval").GENERATION) <= set(SCORING_PROTOCOLS)
+
+
+# model_vqa_loader.py's default --max_new_tokens 128 (pope.sh, textvqa.sh, seed.sh); model_vqa_science.py's 1024.
+LLAVA_GENERATION = {"pope": 128, "textvqa": 128, "seedbench": 128, "scienceqa_img": 1024}
+
+
+def test_llava_scores_only_what_the_llava_repository_scores() -> None:
+    for name in choices("data"):
+        if name in LLAVA_GENERATION:
+            settings = benchmark(name, "llava").generation
+            assert (settings.max_new_tokens, settings.stop) == (LLAVA_GENERATION[name], ()), name
+        else:
+            with pytest.raises(ConfigError, match=r"cannot be scored with scoring='llava': .*; its protocols are"):
+                benchmark(name, "llava")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,7 +255,7 @@ def test_pope_lenient_stays_per_split_means_of_the_mme_reading() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scoring", list(SCORING_PROTOCOLS))
+@pytest.mark.parametrize("scoring", ["lmms_eval", "lenient"])  # llava: MME's own eval tool, not in LLaVA's repository
 def test_mme(scoring: str) -> None:
     records = [
         {"question_id": "1.jpg", "category": "existence", "answer": "Yes", "prediction": "Yes, there is."},
@@ -406,3 +425,82 @@ def test_mmbench_can_infer_text_is_a_plain_substring_test() -> None:
 )
 def test_mcq_extract_letter(response: str, expected: str | None) -> None:
     assert mcq_extract_letter(response, "ABCD") == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The llava protocol: llava/eval/eval_pope.py, eval_science_qa.py, eval_textvqa.py, scripts/convert_seed_for_submission
+# ---------------------------------------------------------------------------------------------------------------------
+
+# eval_pope.py on POPE's predictions above: "no" only with the word "No", "no" or "not" in the first sentence.
+LLAVA_POPE_READINGS = ["yes", "no", "yes", "no", "no", "yes", "yes", "no", "yes", "yes", "yes", "yes"]
+
+
+def test_llava_pope_reading() -> None:
+    assert [llava_pope_reading(prediction.strip()) for _, _, prediction in POPE] == LLAVA_POPE_READINGS
+    assert llava_pope_reading("Yes. There is no cat.") == "yes"  # only the first sentence counts
+    assert llava_pope_reading("No,there is none") == "yes"  # "Nothere" once the comma is gone
+
+
+def test_pope_llava_per_split_and_their_means() -> None:
+    scores = benchmark("pope", "llava").score(pope_records())
+    # adversarial: TP TN TP TN; popular: FN FP TP ("Not sure") TN; random: TP FP ("n") TP FP ("").
+    expected = {
+        "adversarial/accuracy": 1.0,
+        "adversarial/f1": 1.0,
+        "adversarial/yes_ratio": 2 / 4,
+        "popular/accuracy": 2 / 4,
+        "popular/precision": 1 / 2,
+        "popular/recall": 1 / 2,
+        "popular/f1": 1 / 2,
+        "random/accuracy": 2 / 4,
+        "random/precision": 2 / 4,
+        "random/recall": 1.0,
+        "random/f1": 2 / 3,
+        "random/yes_ratio": 1.0,
+        "accuracy": 2 / 3,
+        "f1": (1 + 1 / 2 + 2 / 3) / 3,
+    }
+    assert {key: scores[key] for key in expected} == pytest.approx(expected)
+
+
+LLAVA_SCIENCEQA = {  # prediction -> right (answer B of three options); see SCIENCEQA for the same predictions
+    "B": True,
+    "b": False,
+    "B.": False,  # "X. " needs the space
+    "B. fox": True,
+    "(B)": False,
+    "B)": False,
+    "fox": False,
+    "The answer is B.": True,
+    "b. fox": False,
+    "I think it is B": False,
+    "A": False,
+    "": False,
+}
+
+
+def test_scienceqa_llava() -> None:
+    assert set(LLAVA_SCIENCEQA) == {prediction for prediction, _, _ in SCIENCEQA}
+    for prediction, right in LLAVA_SCIENCEQA.items():
+        record = {"prediction": prediction, "choices": ["grass", "fox", "rabbit"], "answer": "B"}
+        assert accuracy("scienceqa_img", "llava", record) == float(right), prediction
+    assert llava_scienceqa_letter("The answer is D.", 3) is None  # beyond the options
+    assert llava_scienceqa_letter("The answer is B. The answer is C.", 3) is None  # two answers
+    assert llava_scienceqa_letter("AB", 3) is None  # not one of the option letters
+
+
+def test_seedbench_llava_needs_the_bare_letter() -> None:
+    rights = [
+        accuracy("seedbench", "llava", {"prediction": p, "choices": ["One", "Two", "Three", "Four"], "answer": "B"})
+        for p, _, _ in SEEDBENCH
+    ]
+    assert rights == [1.0] + [0.0] * (len(SEEDBENCH) - 1)  # only "B"; no stop string cuts "B ASSISTANT: C"
+
+
+def test_textvqa_llava_is_the_m4c_evaluator_without_stop_strings() -> None:
+    cut = {"prediction": "stop ASSISTANT: go", "answers": ["stop"] * TEN}
+    assert accuracy("textvqa", "llava", cut) == 0.0
+    assert accuracy("textvqa", "llava", {"prediction": "red,white", "answers": ["redwhite"] * 3 + ["x"] * 7}) == (
+        pytest.approx(0.9)
+    )
+    assert benchmark("textvqa", "llava").ocr and not benchmark("textvqa", "lmms_eval").ocr

@@ -125,3 +125,10 @@ class Benchmark(ABC):
     def train_split(self) -> Benchmark:
         """The same benchmark on its training split (rows with an ``answer`` string), for ``stage=train``."""
         raise ConfigError(f"{type(self).__name__} has no training split: stage=train supports data=easyvqa")
+
+
+def average(values: Sequence[float], where: str) -> float:
+    """The mean of per-sample scores; no scores at all is an error naming ``where``."""
+    if not values:
+        raise ConfigError(f"{where}: no records to score")
+    return sum(values) / len(values)

@@ -89,3 +89,24 @@ class GenerationSettings:
         for stop in self.stop:
             prediction = prediction.split(stop, 1)[0]
         return prediction.strip()
+
+
+# lmms-eval's model wrappers generate up to 1024 new tokens when a task yaml sets no max_new_tokens.
+LMMS_EVAL_DEFAULT_MAX_NEW_TOKENS = 1024
+# The ``until`` of the lmms-eval task yaml files that set one (TextVQA, SEED-Bench, MMBench).
+ASSISTANT_TURN = ("ASSISTANT:",)
+# LLaVA's model_vqa_loader.py (POPE, TextVQA, SEED-Bench) and model_vqa_science.py (ScienceQA) generate up to
+# 128 and 1024 new tokens.
+LLAVA_LOADER = GenerationSettings(128)
+LLAVA_SCIENCE = GenerationSettings(1024)
+
+
+def per_protocol(
+    lmms_eval: GenerationSettings, lenient_max_new_tokens: int, llava: GenerationSettings | None = None
+) -> dict[str, GenerationSettings]:
+    """A benchmark's generation settings per protocol: lmms-eval's task yaml, the lenient protocol's own and, where
+    the LLaVA repository scores the benchmark, its evaluation script's."""
+    settings = {LMMS_EVAL.name: lmms_eval, LENIENT.name: GenerationSettings(lenient_max_new_tokens)}
+    if llava is not None:
+        settings[LLAVA.name] = llava
+    return settings

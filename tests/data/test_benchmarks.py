@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image as PILImage
 
 from fopru.components import CONFIG_DIR, build, choices, load
-from fopru.data import benchmarks
+from fopru.data import loading
 from fopru.data.base import CONTRACT_COLUMNS, Benchmark
 from fopru.data.scoring import SCORING_PROTOCOLS
 from fopru.errors import ConfigError
@@ -599,7 +599,7 @@ def test_hub_dataset_missing_from_the_cache_fails_fast_naming_it(name: str) -> N
 def test_unreachable_hub_without_offline_mode_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(benchmarks, "hub_reachable", lambda: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     start = time.monotonic()
     with pytest.raises(ConfigError, match=r"'lmms-lab/POPE'.*could not be reached"):
         benchmark("pope").load()

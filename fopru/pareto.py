@@ -110,6 +110,7 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
         row.update(dict.fromkeys(metric_columns))
         row.update({f"{result.data}/{name}": value for name, value in result.metrics.items()})
         row["primary_metric"] = result.primary_metric
+        row["scoring"] = result.scoring
         row["accuracy"] = result.accuracy
         row["tflops_prefill"] = result.tflops_prefill
         row["tflops_total"] = result.tflops_total

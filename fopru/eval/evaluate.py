@@ -333,6 +333,7 @@ def score_and_measure(
         kept_tokens_equivalent=statistics.fmean(_get(record, "visual_tokens_equivalent") for record in records),
         metrics=benchmark.score(records),
         primary_metric=benchmark.primary_metric,
+        scoring=benchmark.protocol.label,
         tflops_prefill=statistics.fmean(record["tflops_prefill"] for record in records),
         tflops_total=statistics.fmean(record["tflops_total"] for record in records),
         latency=latency,

@@ -68,6 +68,8 @@ class RunResult:
             prediction, which the run reports as an error.
         throughput_samples: the samples ``throughput`` was measured on (fewer than ``samples`` after a resume).
         unavailable: why a figure is ``None``, by field name (``throughput``, ``peak_memory_bytes``).
+        scoring: the scoring protocol of ``metrics``, ``name@revision`` (:mod:`fopru.data.scoring`); results
+            written before it was recorded were scored ``lenient``.
     """
 
     group: str
@@ -98,6 +100,7 @@ class RunResult:
     samples_requested: int | None = None
     throughput_samples: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    scoring: str = "lenient"
 
     @property
     def accuracy(self) -> float:

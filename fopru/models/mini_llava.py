@@ -16,7 +16,7 @@ import easy_vqa
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from fopru.data.benchmarks import SHORT_ANSWER
+from fopru.data.prompts import SHORT_ANSWER
 from fopru.models.llava import LlavaAdapter
 from fopru.models.tiny.llava import llava_processor
 from fopru.models.tiny.tokenizer import word_tokenizer

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image as PILImage
 
 from fopru.components import CONFIG_DIR, build, choices, load
-from fopru.data import benchmarks
+from fopru.data import loading
 from fopru.data.base import CONTRACT_COLUMNS, Benchmark
+from fopru.data.scoring import SCORING_PROTOCOLS
 from fopru.errors import ConfigError
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -77,8 +78,9 @@ class Fixture:
     rows: int  # samples that load() returns
     prompt: tuple[str, str]  # (sample_id, its exact lmms-eval prompt)
     predictions: dict[str, str]  # sample_id -> prediction
-    expected: dict[str, float]  # hand-computed scores (a subset of score()'s keys)
+    expected: dict[str, float]  # hand-computed lmms_eval scores (a subset of score()'s keys)
     overrides: dict[str, Any] = field(default_factory=dict)
+    lenient: dict[str, float] | None = None  # hand-computed lenient scores; None: the same as expected
     image_of: dict[str, int] = field(default_factory=dict)  # sample_id -> picture index it must show
 
 
@@ -384,7 +386,25 @@ FIXTURES: dict[str, Fixture] = {
             "random/1": "Yes, there is.",  # TP
             "random/2": "No.",  # TN
         },
+        # lmms-eval reads only an exact "yes"/"no": "Yes, there is." and "No." are unreadable. Pooled: TP 1, FP 1,
+        # FN 1 (the unreadable answer to a yes question leaves recall's denominator), 2 of 6 right.
         expected={
+            "accuracy": 1 / 3,
+            "precision": 0.5,
+            "recall": 0.5,
+            "f1": 0.5,
+            "predicted_yes_ratio": 1 / 3,
+            "lmms_eval_yes_ratio": 0.5,
+            "unreadable": 2.0,
+            "adversarial/accuracy": 0.5,
+            "adversarial/recall": 1.0,
+            "adversarial/f1": 2 / 3,
+            "random/accuracy": 0.0,
+            "random/recall": 0.0,
+            "random/f1": 0.0,
+            "random/unreadable": 2.0,
+        },
+        lenient={
             "adversarial/accuracy": 0.5,
             "adversarial/precision": 0.5,
             "adversarial/recall": 1.0,
@@ -463,7 +483,9 @@ FIXTURES: dict[str, Fixture] = {
             f"{LETTER}",
         ),
         predictions={"0": "A", "1": "B"},
-        expected={"accuracy": 0.5},
+        expected={"accuracy": 0.5, "judge_needed": 0.0, "unreadable": 0.0},
+        overrides={"circular": False},
+        lenient={"accuracy": 0.5},
     ),
     "seedbench": Fixture(
         write_seedbench,
@@ -504,7 +526,11 @@ def test_every_config_builds_a_benchmark(name: str) -> None:
     assert node.limit is None, "a registered benchmark evaluates all samples unless a run sets limit"
     built = benchmark(name)
     assert isinstance(built, Benchmark)
-    assert isinstance(built.max_new_tokens, int) and 1 <= built.max_new_tokens <= 32
+    assert built.scoring == "lmms_eval", "the default scoring follows lmms-eval"
+    for scoring in built.GENERATION:
+        assert scoring in SCORING_PROTOCOLS and isinstance(benchmark(name, scoring=scoring).max_new_tokens, int)
+    with pytest.raises(ConfigError, match=r"scoring='lmms-eval'.*lmms_eval, lenient, llava"):
+        benchmark(name, scoring="lmms-eval")
     assert built.seed == 0  # ${seed} of train_eval.yaml
     with pytest.raises(ConfigError, match="limit"):
         benchmark(name, limit=0)
@@ -535,10 +561,12 @@ def test_hub_benchmark_loads_its_local_copy_with_lmms_eval_prompts_and_scores(na
     for sample_id, index in fixture.image_of.items():
         assert loaded[sample_ids.index(sample_id)]["image"].getpixel((0, 0)) == color(index)
 
-    scores = benchmark(name).score(records_of(loaded, fixture.predictions))
-    assert all(isinstance(value, float) for value in scores.values())
-    for key, value in fixture.expected.items():
-        assert scores[key] == pytest.approx(value), key
+    lenient = fixture.expected if fixture.lenient is None else fixture.lenient
+    for scoring, expected in (("lmms_eval", fixture.expected), ("lenient", lenient)):
+        scores = benchmark(name, scoring=scoring, **fixture.overrides).score(records_of(loaded, fixture.predictions))
+        assert all(isinstance(value, float) for value in scores.values())
+        for key, value in expected.items():
+            assert scores[key] == pytest.approx(value), (scoring, key)
 
 
 @pytest.mark.parametrize("name", HUB)
@@ -571,7 +599,7 @@ def test_hub_dataset_missing_from_the_cache_fails_fast_naming_it(name: str) -> N
 def test_unreachable_hub_without_offline_mode_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(benchmarks, "hub_reachable", lambda: False)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     start = time.monotonic()
     with pytest.raises(ConfigError, match=r"'lmms-lab/POPE'.*could not be reached"):
         benchmark("pope").load()
@@ -601,15 +629,28 @@ def test_mmbench_circular_keeps_every_variant_and_scores_circular_eval(tmp_path:
     # Question 0 is right in both variants, question 1 only in one: plain accuracy would be 3/4.
     predictions = {"0": "A", "1000000": "D", "1": "A", "1000001": "A"}
     scores = benchmark("mmbench", circular=True).score(records_of(loaded, predictions))
-    assert scores == {"circular_accuracy": 0.5}
+    assert scores == {"circular_accuracy": 0.5, "judge_needed": 0.0, "unreadable": 0.0}
+    assert benchmark("mmbench", circular=True, scoring="lenient").score(records_of(loaded, predictions)) == {
+        "circular_accuracy": 0.5
+    }
     drawn = benchmark("mmbench", dataset=str(tmp_path), circular=True, limit=1, seed=0).load()
     assert len(drawn) == 2 and len(set(drawn["index"])) == 1
+
+
+def test_mmbench_reports_circular_eval_by_default_under_lmms_eval_only(tmp_path: Path) -> None:
+    FIXTURES["mmbench"].write(tmp_path)
+    assert len(benchmark("mmbench", dataset=str(tmp_path)).load()) == 4  # mmbench_en_dev: every variant
+    assert len(benchmark("mmbench", dataset=str(tmp_path), scoring="lenient").load()) == 2
+    assert benchmark("mmbench").primary_metric == "circular_accuracy"
+    assert benchmark("mmbench", scoring="lenient").primary_metric == "accuracy"
 
 
 def test_textvqa_ocr_option_adds_lmms_eval_reference_tokens(tmp_path: Path) -> None:
     FIXTURES["textvqa"].write(tmp_path)
     loaded = benchmark("textvqa", dataset=str(tmp_path), ocr=True).load()
     assert loaded[1]["prompt"] == f"What does the tv say?\nReference OCR token: nous, tv{SHORT}"
+    assert benchmark("textvqa", dataset=str(tmp_path), scoring="llava").load()[1]["prompt"] == loaded[1]["prompt"]
+    assert benchmark("textvqa", dataset=str(tmp_path)).load()[1]["prompt"] == f"What does the tv say?{SHORT}"
 
 
 def test_gqa_question_without_its_image_is_an_error_not_a_dropped_row(tmp_path: Path) -> None:
@@ -675,5 +716,5 @@ def test_easyvqa_scores_exact_match_accuracy() -> None:
 def test_the_primary_metric_is_a_key_of_the_scores(name: str) -> None:
     """Checked on the class contract: the primary metric names one of the keys ``score`` documents."""
     benchmark = load("data", name, Benchmark)
-    expected = {"pope": "f1", "mme": "mme_perception"}.get(name, "accuracy")
+    expected = {"pope": "f1", "mme": "mme_perception", "mmbench": "circular_accuracy"}.get(name, "accuracy")
     assert benchmark.primary_metric == expected

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fopru.components import CONFIG_DIR, load
-from fopru.data.benchmarks import EasyVQABenchmark
+from fopru.data.easyvqa import EasyVQABenchmark
 from fopru.eval.evaluate import (
     job_identity,
     peak_resident_memory,

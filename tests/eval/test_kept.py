@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from fopru.components import CONFIG_DIR, load
-from fopru.data.benchmarks import EasyVQABenchmark
+from fopru.data.easyvqa import EasyVQABenchmark
 from fopru.eval.kept import record_kept_patches
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fopru.components import CONFIG_DIR, load
-from fopru.data.benchmarks import EasyVQABenchmark
+from fopru.data.easyvqa import EasyVQABenchmark
 from fopru.eval.data import collate
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
 from fopru.components import CONFIG_DIR, load
-from fopru.data.benchmarks import SHORT_ANSWER, EasyVQABenchmark
+from fopru.data.easyvqa import EasyVQABenchmark
+from fopru.data.prompts import SHORT_ANSWER
 from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.models.mini_llava import WORD_EMBEDDING_STD

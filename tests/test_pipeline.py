@@ -48,11 +48,12 @@ def test_adaptive_selections_are_reordered_sample_by_sample() -> None:
         [[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.72], [0.39, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.40]]
     )
     summary = AttentionSummary(received=cls, paid=cls, cls=cls, keys=torch.eye(8).expand(2, -1, -1))
-    pipeline = PruningPipeline(ClsSignificance(), PruMergeStrategy(neighbours=0), OriginalOrder(), Budget(keep=1.0))
+    strategy = PruMergeStrategy(neighbours=0, merge="mean", extra_token=False)
+    pipeline = PruningPipeline(ClsSignificance(), strategy, OriginalOrder(), Budget(keep=1.0))
     pruned = pipeline.prune(summary, torch.rand(2, 8, 3), VisualLayout(8))
     selection = pruned.selection
     assert selection.kept_per_sample.tolist() == [1, 2]
     assert selection.indices.tolist() == [[7, 7], [0, 7]]
     assert selection.weights is not None
     assert torch.equal(selection.weights, torch.nn.functional.one_hot(selection.indices, 8).float())
-    assert selection.flops == 2 * 8 * 8 * 8  # the keys' cosine similarity survives reordering
+    assert selection.flops == 2 * 2 * 8 * 8  # the keys' cosines (2 kept x 8 tokens, width 8) survive reordering

@@ -423,6 +423,13 @@ def ranking_flops(text_config: PretrainedConfig, keys: int) -> int:
     return 2 * keys * shape.heads * shape.head_dim
 
 
+def ranking_projection_flops(text_config: PretrainedConfig, tokens: int) -> int:
+    """The q, k and v projections of one layer over ``tokens`` positions, 2 n d (Hh + 2 Kh): what ranking with the
+    next layer's projections of the current hidden states costs besides the scores (PyramidDrop's released code)."""
+    shape = _DecoderShape.from_config(text_config)
+    return 2 * tokens * shape.hidden * shape.head_dim * (shape.heads + 2 * shape.kv_heads)
+
+
 def pre_llm_equivalent(text_config: PretrainedConfig, visual_per_layer: Sequence[int], text_tokens: int) -> float:
     """The visual-token count ``v`` for which every layer on ``text_tokens + v`` tokens costs what the layers cost
     on ``text_tokens + visual_per_layer[i]`` (lm_head excluded: it is the same for both).
@@ -447,6 +454,7 @@ def with_layer_tokens(
     text_tokens: int,
     ranking_keys: Sequence[int] = (),
     logits_to_keep: int = 1,
+    ranking_projections: bool = False,
 ) -> FlopsBreakdown:
     """``breakdown`` with the language model's prefill and decode recounted for per-layer visual tokens.
 
@@ -457,6 +465,8 @@ def with_layer_tokens(
         ranking_keys: for every boundary that ranks tokens, the keys the last query is scored against (the prompt
             tokens of the layer before it); their products are added to ``pruning``.
         logits_to_keep: as for :func:`prefill_flops`.
+        ranking_projections: the ranking projects the current hidden states with the next layer's q, k and v
+            (:func:`ranking_projection_flops`, PyramidDrop) instead of reading a layer's own attention.
 
     Also fills ``visual_tokens_mean`` and ``visual_tokens_equivalent``. With equal counts everywhere and no
     ranking, the FLOPs are unchanged.
@@ -464,6 +474,8 @@ def with_layer_tokens(
     shape = _DecoderShape.from_config(text_config)
     prompt = [text_tokens + visual for visual in visual_per_layer]
     ranking = sum(ranking_flops(text_config, keys) for keys in ranking_keys)
+    if ranking_projections:
+        ranking += sum(ranking_projection_flops(text_config, keys) for keys in ranking_keys)
     return replace(
         breakdown,
         prefill=float(staged_prefill_flops(text_config, prompt, logits_to_keep)),

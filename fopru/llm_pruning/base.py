@@ -3,8 +3,9 @@
 A second insertion point beside the pre-LLM pipeline (significance -> strategy -> reorder): in-LLM methods let the
 visual tokens that reached the language model through its first layers, then drop some of them at one or more
 *boundaries*. A boundary at layer ``b`` ranks the visual tokens by the attention the prompt's last token pays them
-in layer ``b - 1`` (heads averaged, softmax over all keys), and layers ``b, b + 1, ...`` (and their KV cache) only
-see the survivors. Methods here are pure tensor code: they get scores and masks, never a model.
+(heads averaged, softmax over all keys) in layer ``b - 1`` (``ranking=own``) or, scored with layer ``b``'s own
+projections of the hidden states entering it (``ranking=next``), and layers ``b, b + 1, ...`` (and their KV cache)
+only see the survivors. Methods here are pure tensor code: they get scores and masks, never a model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -104,6 +106,10 @@ def rank_visual(scores: torch.Tensor, visual: torch.Tensor, kept: torch.Tensor) 
     return ~visual | (ranks < kept[:, None].to(ranks.device))
 
 
+Ranking = Literal["own", "next"]
+RANKINGS: tuple[str, ...] = ("own", "next")
+
+
 class LLMPruning(ABC):
     """An in-LLM pruning method: a schedule of boundaries and how many visual tokens survive each.
 
@@ -115,6 +121,12 @@ class LLMPruning(ABC):
 
     #: False only for the no-op method: the language model then runs its stock forward.
     active: bool = True
+    #: How a boundary ranks the visual tokens: ``own``, the last query's attention in the layer before it (FastV);
+    #: ``next``, the last query scored with the next layer's projections of the current hidden states (PyramidDrop).
+    ranking: Ranking = "own"
+    #: Whether 1-D positions are renumbered 0..L-1 over the survivors after each boundary, decode positions shifted
+    #: down by the tokens dropped before each layer (PyramidDrop); M-RoPE positions are never renumbered.
+    renumber: bool = False
 
     @abstractmethod
     def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:

@@ -358,7 +358,10 @@ class TargetModel(ABC):
                 before = per_layer[drop.layer - 1]
                 if 0 < min(drop.kept, before) < before:  # the generation ranks only when some but not all survive
                     ranking.append(text + before)
-            result.append(with_layer_tokens(breakdown, config, per_layer, text, ranking))
+            projections = method.ranking == "next"
+            result.append(
+                with_layer_tokens(breakdown, config, per_layer, text, ranking, ranking_projections=projections)
+            )
         return result
 
     # -- shared --------------------------------------------------------------------------------------------
@@ -492,6 +495,8 @@ class TargetModel(ABC):
                         inputs.visual_mask,
                         schedules,
                         cache,
+                        ranking=pipeline.llm_pruning.ranking,
+                        renumber=pipeline.llm_pruning.renumber,
                     )
             prompt_cache_length = cache.get_seq_length()
             layer_cache_lengths = tuple(cache.get_seq_length(layer) for layer in range(len(cache.layers)))

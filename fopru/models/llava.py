@@ -164,8 +164,9 @@ class LlavaAdapter(TargetModel):
         vision = config.vision_config
         rows, cols = self.grid()
         patches, width = rows * cols, vision.hidden_size
-        # The tap multiplies the tapped layer's queries by its keys: (N + 1)^2 pairs of width d per image.
-        tap = 2 * (patches + 1) ** 2 * width if pipeline.attention_source.reduction is not None else 0
+        # The tap multiplies the tapped layer's queries by its keys: (N + 1)^2 pairs of width d per image, and once
+        # more the [CLS] query by the N + 1 keys at full width (the joint softmax, AttentionSummary.cls_joint).
+        tap = 2 * (patches + 1) * (patches + 2) * width if pipeline.attention_source.reduction is not None else 0
         breakdowns = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):
             kept = inputs.sample_images(sample)

@@ -192,7 +192,9 @@ class LlavaNextAdapter(LlavaAdapter):
         config = self.model.config
         rows, cols = self.grid()
         patches, width = rows * cols, config.vision_config.hidden_size
-        tap_per_crop = 2 * (patches + 1) ** 2 * width if pipeline.attention_source.reduction is not None else 0
+        # (N + 1)^2 query-key pairs, plus the [CLS] query's full-width row (AttentionSummary.cls_joint).
+        reads_attention = pipeline.attention_source.reduction is not None
+        tap_per_crop = 2 * (patches + 1) * (patches + 2) * width if reads_attention else 0
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)
         breakdowns = []
@@ -228,4 +230,6 @@ def _take(attention: AttentionSummary, start: int, count: int, sources: torch.Te
         paid=pick(attention.paid),
         cls=None if attention.cls is None else pick(attention.cls),
         keys=None if attention.keys is None else attention.keys[start : start + count].flatten(0, 1)[sources][None],
+        key_heads=attention.key_heads,
+        cls_joint=None if attention.cls_joint is None else pick(attention.cls_joint),
     )

@@ -15,6 +15,7 @@ multiplies only the last query by the keys. No layer falls back to eager attenti
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,8 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from fopru.errors import ConfigError
-from fopru.llm_pruning.base import Drop, rank_visual
-from fopru.models.tap import AttentionProbe
+from fopru.llm_pruning.base import RANKINGS, Drop, Ranking, rank_visual
+from fopru.models.tap import AttentionProbe, ProbeRecorded
 
 
 class LastQueryAttention(AttentionProbe):
@@ -64,6 +65,28 @@ class LastQueryAttention(AttentionProbe):
             self.rows = scores.softmax(dim=-1).mean(dim=1)[:, 0]
 
 
+class NextLayerScores(LastQueryAttention):
+    """The last query's head-averaged attention row as a decoder layer *would* compute it on given hidden states,
+    without running it: :meth:`score` calls the layer's input norm and attention module (its q, k, v projections
+    and rotary embedding, whatever the family), records the scores and stops before the kernel, so the layer's
+    cache and output are untouched. PyramidDrop's released code ranks this way, with the next stage's first layer.
+    """
+
+    implementation = "fopru_next_layer_scores"
+    runs_kernel = False
+
+    def score(self, layer: nn.Module, hidden: torch.Tensor, mask: Any, rotary: Any) -> torch.Tensor:
+        """(B, L) scores of the last position of (B, L, D) ``hidden`` under ``layer``'s projections."""
+        with self, contextlib.suppress(ProbeRecorded):
+            self.attention(
+                hidden_states=layer.get_submodule("input_layernorm")(hidden),
+                attention_mask=mask,
+                position_embeddings=rotary,
+            )  # no cache given: the layer's cache stays as it is
+        assert self.rows is not None
+        return self.rows
+
+
 @dataclass
 class Segment:
     """Consecutive layers ``start <= i < stop`` that hold the same tokens.
@@ -73,12 +96,14 @@ class Segment:
         attention_mask: (B, L_s) int64, the segment's left-padded 2-D mask over its cached tokens; decode steps
             append a column.
         prompt_index: (B, L_s) int64, each cached prompt position's index in the prefill sequence (-1 on padding).
+        shift: (B,) int64 subtracted from decode positions in this segment (renumbered prefill positions), or None.
     """
 
     start: int
     stop: int
     attention_mask: torch.Tensor
     prompt_index: torch.Tensor
+    shift: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,8 @@ class StagedDecoder:
         visual_mask: torch.Tensor,
         schedules: Sequence[Sequence[Drop]],
         cache: DynamicCache,
+        ranking: Ranking = "own",
+        renumber: bool = False,
     ) -> tuple[torch.Tensor, list[Segment]]:
         """Run the prompt, dropping visual tokens at every boundary; returns last-position logits and segments.
 
@@ -159,7 +186,14 @@ class StagedDecoder:
             visual_mask: (B, L) bool, the visual positions.
             schedules: one schedule per sample, all with the same boundary layers (counts may differ).
             cache: an empty cache; layer i ends up holding the tokens of the segment containing i.
+            ranking: ``own``: a boundary at layer b ranks by the last query's attention in layer b - 1 (recorded as
+                it runs); ``next``: by the scores layer b's own projections give the hidden states entering it
+                (:class:`NextLayerScores`).
+            renumber: after every boundary, 1-D positions become 0..L'-1 over the survivors (left padding kept at
+                0) and later decode steps shift down by the tokens dropped (``Segment.shift``); ignored for M-RoPE.
         """
+        if ranking not in RANKINGS:
+            raise ConfigError(f"ranking={ranking!r} is not one of {list(RANKINGS)}")
         batch = inputs_embeds.shape[0]
         if len(schedules) != batch:
             raise ValueError(f"{len(schedules)} schedules for a batch of {batch}")
@@ -180,14 +214,25 @@ class StagedDecoder:
             rotary = self._rotary(hidden, positions)
             mask = segment.attention_mask
             hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
-            if bool(((kept > 0) & (kept < visual.sum(dim=1))).any()):
+            ranks = bool(((kept > 0) & (kept < visual.sum(dim=1))).any())
+            scores = torch.zeros(visual.shape, device=device)  # every visual token kept, or all withdrawn
+            if ranks and ranking == "own":
                 with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
                     hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
                 assert probe.rows is not None
                 scores = probe.rows
-            else:  # every visual token kept, or all withdrawn: no ranking needed
+            else:
                 hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
-                scores = torch.zeros(visual.shape, device=device)
+            if ranks and ranking == "next":
+                next_mask = create_causal_mask(
+                    config=self.decoder.config,
+                    inputs_embeds=hidden,
+                    attention_mask=mask,
+                    past_key_values=cache,
+                    layer_idx=layer,
+                )
+                probe_next = NextLayerScores(self.layers[layer].get_submodule("self_attn"))
+                scores = probe_next.score(self.layers[layer], hidden, next_mask, rotary)
             keep = rank_visual(scores, visual, kept) & segment.attention_mask.bool()
             order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, -int(keep.sum(dim=1).max()) :]
             segments.append(segment)
@@ -195,11 +240,17 @@ class StagedDecoder:
             positions = positions.gather(2, order[None].expand(positions.shape[0], -1, -1))
             survived = keep.gather(1, order)
             visual = visual.gather(1, order) & survived
+            shift = None
+            if renumber and positions.shape[0] == 1:
+                # The next decode position in the given numbering, against the survivors' count.
+                shift = position_ids[0, :, -1] + 1 - survived.sum(dim=1)
+                positions = (survived.cumsum(dim=1) - 1).clamp_min(0)[None].to(positions.dtype)
             segment = Segment(
                 layer,
                 self.depth,
                 survived.to(attention_mask.dtype),
                 segment.prompt_index.gather(1, order).masked_fill(~survived, -1),
+                shift,
             )
         rotary = self._rotary(hidden, positions)
         hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
@@ -216,5 +267,8 @@ class StagedDecoder:
             segment.attention_mask = torch.cat(
                 [segment.attention_mask, segment.attention_mask.new_ones((input_ids.shape[0], 1))], dim=1
             )
-            hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
+            shifted = rotary
+            if segment.shift is not None:
+                shifted = self._rotary(hidden, position_ids - segment.shift.to(position_ids)[None, :, None])
+            hidden = self._run(hidden, segment.attention_mask, shifted, cache, segment.start, segment.stop)
         return self._logits(hidden)

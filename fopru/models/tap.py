@@ -36,9 +36,17 @@ def _probed_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     probe: AttentionProbe = getattr(module, "_fopru_probe")  # noqa: B009 - nn.Module's __getattr__ is typed for tensors
+    if not probe.runs_kernel:
+        probe.record(query, key, kwargs.get("scaling"), attention_mask)
+        raise ProbeRecorded
     output = probe.kernel(module, query, key, value, attention_mask, **kwargs)
     probe.record(query, key, kwargs.get("scaling"), attention_mask)
     return output
+
+
+class ProbeRecorded(Exception):
+    """Raised by a probe that only scores (``runs_kernel = False``) once it has recorded, so that the module's
+    forward stops before its kernel and output projection; the caller catches it."""
 
 
 class AttentionProbe(ABC):
@@ -49,6 +57,8 @@ class AttentionProbe(ABC):
     """
 
     implementation: ClassVar[str]
+    #: False: record the queries and keys, then stop the module's forward (:class:`ProbeRecorded`), its kernel unrun.
+    runs_kernel: ClassVar[bool] = True
 
     def __init__(self, attention: nn.Module) -> None:
         config = getattr(attention, "config", None)
@@ -148,7 +158,7 @@ class VisionAttentionTap(AttentionProbe):
             # The patches' keys, heads concatenated: strategies that merge by key similarity read them.
             first = 1 if self.has_cls else 0
             keys = key[:, :, first:].transpose(1, 2).flatten(2).float()
-            self.summaries.append(replace(summary, keys=keys))
+            self.summaries.append(replace(summary, keys=keys, key_heads=key.shape[1]))
 
     def summary(self) -> AttentionSummary:
         """All recorded calls, concatenated along the batch dimension."""
@@ -157,6 +167,7 @@ class VisionAttentionTap(AttentionProbe):
         if len(self.summaries) == 1:
             return self.summaries[0]
         cls_rows = [part.cls for part in self.summaries]
+        joint_rows = [part.cls_joint for part in self.summaries]
         key_rows = [part.keys for part in self.summaries]
         same_width = len({row.shape[1] for row in key_rows if row is not None}) == 1
         return AttentionSummary(
@@ -164,4 +175,6 @@ class VisionAttentionTap(AttentionProbe):
             paid=torch.cat([part.paid for part in self.summaries]),
             cls=None if any(row is None for row in cls_rows) else torch.cat(cls_rows),  # type: ignore[arg-type]
             keys=torch.cat(key_rows) if same_width and all(row is not None for row in key_rows) else None,  # type: ignore[arg-type]
+            key_heads=self.summaries[0].key_heads,
+            cls_joint=None if any(row is None for row in joint_rows) else torch.cat(joint_rows),  # type: ignore[arg-type]
         )

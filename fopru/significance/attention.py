@@ -60,12 +60,28 @@ class AttentionSummary:
         keys: (B, N, H * h) the layer's keys of the patches, heads concatenated (token similarity for VisionZip
             and PruMerge); ``None`` where the route does not provide them (a full attention matrix, or merged tokens
             that have no single key).
+        key_heads: H, the number of heads concatenated in ``keys`` (:meth:`head_mean_keys` splits them).
+        cls_joint: (B, N) the [CLS] row of one softmax over the full-width logits ``q . k / sqrt(H * h)`` (every
+            head's query and key concatenated into one vector, i.e. the per-head dot products summed), restricted
+            to patches after the softmax over all T keys: LLaVA-PruMerge's attention. ``None`` without [CLS] or
+            where the route does not provide it.
     """
 
     received: torch.Tensor
     paid: torch.Tensor
     cls: torch.Tensor | None
     keys: torch.Tensor | None = None
+    key_heads: int = 1
+    cls_joint: torch.Tensor | None = None
+
+    def head_mean_keys(self) -> torch.Tensor | None:
+        """(B, N, h) the keys averaged over heads (VisionZip's similarity basis), or ``None`` without keys."""
+        if self.keys is None:
+            return None
+        batch, tokens, width = self.keys.shape
+        if width % self.key_heads:
+            raise ConfigError(f"keys of width {width} cannot be split into key_heads={self.key_heads} heads")
+        return self.keys.view(batch, tokens, self.key_heads, width // self.key_heads).mean(dim=2)
 
 
 def _split_cls(num_positions: int, has_cls: bool) -> int:
@@ -155,4 +171,11 @@ def summarize_query_key(
         rows = mean[:, max(0, first - start) :, :]
         received += rows.sum(dim=1)
         paid[:, max(0, start - first) : stop - first] = rows.mean(dim=2)
-    return AttentionSummary(received=received / num_patches, paid=paid, cls=cls)
+    cls_joint = None
+    if has_cls:
+        # One softmax over the full-width [CLS] logits: heads concatenated, scaled by the full width.
+        cls_query = query[:, :, :1].float().transpose(1, 2).flatten(2)  # (B, 1, H * D)
+        keys = key.float().transpose(1, 2).flatten(2)  # (B, T, H * D)
+        joint = torch.matmul(cls_query, keys.transpose(1, 2))[:, 0] * (heads * query.shape[-1]) ** -0.5
+        cls_joint = joint.softmax(dim=-1)[:, first:]
+    return AttentionSummary(received=received / num_patches, paid=paid, cls=cls, cls_joint=cls_joint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -11,6 +12,9 @@ from fopru.errors import ConfigError
 from fopru.layout import Budget, Grid, VisualLayout
 from fopru.seeding import offset_keys
 from fopru.significance.attention import AttentionSummary
+
+KeyHeads = Literal["concatenated", "mean"]
+KEY_HEADS: tuple[str, ...] = ("concatenated", "mean")
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,13 @@ class StrategyInputs:
 
         attention = self.attention
         if attention is not None:
-            attention = AttentionSummary(
+            attention = replace(
+                attention,
                 received=attention.received[:, offset : offset + size],
                 paid=attention.paid[:, offset : offset + size],
                 cls=cut(attention.cls),
                 keys=cut(attention.keys),
+                cls_joint=cut(attention.cls_joint),
             )
         return replace(
             self,
@@ -79,12 +85,26 @@ class StrategyInputs:
         chosen = self.attention.cls if self.attention.cls is not None else self.attention.received
         return chosen.float()
 
-    def similarity_basis(self, who: str) -> torch.Tensor:
-        """(B, n, d) what token similarity is measured on: the tapped layer's keys where available, else the
-        features (Qwen2-VL's merged tokens have no single key)."""
+    def similarity_basis(self, who: str, heads: KeyHeads = "concatenated") -> torch.Tensor:
+        """(B, n, d) what token similarity is measured on: the tapped layer's keys where available (``heads``:
+        ``concatenated`` into one vector per token, or their ``mean`` over heads), else the features (Qwen2-VL's
+        merged tokens have no single key)."""
+        if heads not in KEY_HEADS:
+            raise ConfigError(f"heads={heads!r} is not one of {list(KEY_HEADS)}")
         if self.attention is not None and self.attention.keys is not None:
+            if heads == "mean":
+                keys = self.attention.head_mean_keys()
+                assert keys is not None
+                return keys
             return self.attention.keys
         return self.require_features(who)
+
+    def joint_saliency(self, who: str) -> torch.Tensor:
+        """(B, n) float32 [CLS] attention of one softmax over the full-width logits (``AttentionSummary.cls_joint``,
+        LLaVA-PruMerge's), falling back to :meth:`saliency` where the route does not provide it (no [CLS])."""
+        if self.attention is not None and self.attention.cls_joint is not None:
+            return self.attention.cls_joint.float()
+        return self.saliency(who)
 
     def require_projected(self, who: str) -> torch.Tensor:
         """(B, n, D_llm) projected tokens, or a clear error."""
@@ -107,7 +127,9 @@ class Selection:
         indices: (B, k) int64 indices into the N visual tokens, in the strategy's order (reorder policies change
             it). For merging strategies, each output token's representative position.
         weights: ``None`` for a pure selection (output token t is input token ``indices[:, t]``), or a (B, k, N)
-            float32 matrix whose rows sum to 1 for merging strategies: output tokens are ``weights @ features``.
+            float32 matrix for merging strategies: output tokens are ``weights @ features``. Rows sum to 1 for
+            averaging merges; methods whose released code sums tokens (VisionZip's contextual tokens, PruMerge)
+            have rows that do not.
         counts: ``None`` when every sample keeps k tokens; else (B,) int64 tokens each sample keeps (adaptive
             strategies such as PruMerge). Columns at or past ``counts[b]`` are padding: copies of the sample's last
             kept column, so indices stay valid; consumers trim them (:meth:`sample`).
@@ -205,8 +227,13 @@ class PruningStrategy(ABC):
 
     Capabilities, declared as class attributes so that adapters compute costly inputs only when asked:
         ``needs_grid``: refuses grid-free layouts.
-        ``merges``: returns ``weights`` (always, also where a merge is trivial): output tokens are weighted averages,
-            which costs a (k x N) @ (N x D) product per image.
+        ``per_span``: True (default): each image/tile is its own span with its own budget share; False: the whole
+            layout is one grid-free span (a method whose released code runs once over a packed multi-grid image,
+            e.g. DivPrune on LLaVA-NeXT); a strategy may set it per instance.
+        ``merges``: returns ``weights`` (always, also where a merge is trivial): output tokens are weighted
+            combinations, which costs a (k x N) @ (N x D) product per image.
+        ``averages``: a merging strategy's weight rows sum to 1 (weighted averages); False where the released code
+            sums tokens (VisionZip's contextual tokens, PruMerge); set per instance.
         ``adaptive``: the kept count varies per sample (``Selection.counts``); it never exceeds the budget share.
         ``needs_attention``: reads the tapped layer's summary ([CLS] row, keys); the adapter taps the vision encoder
             even when the significance source reads no attention.
@@ -215,7 +242,9 @@ class PruningStrategy(ABC):
     """
 
     needs_grid: bool = False
+    per_span: bool = True
     merges: bool = False
+    averages: bool = True
     adaptive: bool = False
     needs_attention: bool = False
     needs_projected: bool = False
@@ -240,7 +269,8 @@ class PruningStrategy(ABC):
         inputs = inputs or StrategyInputs()
         significance = significance.float()
         parts: list[tuple[int, int, Selection]] = []
-        for offset, grid in layout.spans():
+        spans = layout.spans() if self.per_span else [(0, None)]
+        for offset, grid in spans:
             size = layout.num_tokens if grid is None else grid[0] * grid[1]
             span_inputs = inputs if grid is None else inputs.span(offset, size)
             part = self.select_span(

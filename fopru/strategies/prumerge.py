@@ -1,18 +1,29 @@
 """LLaVA-PruMerge and PruMerge+ (Shang et al., "LLaVA-PruMerge: Adaptive Token Reduction for Efficient Large
 Multimodal Models", 2024; ICCV 2025).
 
-Reimplemented from the paper's description; the original code (github.com/42Shawn/LLaVA-PruMerge) is a fork of
-LLaVA (Apache-2.0); its own license terms were not verified here.
+Follows the authors' released code, github.com/42Shawn/LLaVA-PruMerge (a fork of LLaVA, Apache-2.0; its own terms
+were not verified here): ``llava/model/multimodal_encoder/clip_encoder.py``, ``outlier_dectection``,
+``token_prune_merge_advanced`` (PruMerge) and ``token_prune_merge_advanced_plus`` (PruMerge+, adaptive branch).
+Re-expressed here, no code copied.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
 from fopru.errors import ConfigError
 from fopru.layout import Budget, Grid
-from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, cosine_similarity, pad_to_counts
+from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 from fopru.strategies.lattice import centers, lattice_shape
+
+Attention = Literal["joint", "heads"]
+ATTENTIONS: tuple[str, ...] = ("joint", "heads")
+Merge = Literal["sum", "mean"]
+MERGES: tuple[str, ...] = ("sum", "mean")
+Spatial = Literal["stride", "lattice"]
+SPATIALS: tuple[str, ...] = ("stride", "lattice")
 
 
 def iqr_outliers(saliency: torch.Tensor) -> torch.Tensor:
@@ -22,84 +33,145 @@ def iqr_outliers(saliency: torch.Tensor) -> torch.Tensor:
     return saliency > fence[:, None]
 
 
-class PruMergeStrategy(PruningStrategy):
-    """Adaptive count by IQR outliers of [CLS] attention; each kept token absorbs its most similar neighbours.
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")
 
-    1. a = [CLS]-to-patch attention of the tapped layer (without [CLS]: the attention each token receives).
-    2. Kept: the tokens with a above the upper IQR fence ``Q3 + 1.5 IQR`` of their span, most attended first; at
-       least 1, at most the budget share ``max(1, floor(keep * n))`` (the most attended ones). The paper has no
-       budget: ``keep=1.0`` gives its adaptive count; a smaller keep only caps it. The count differs per image
-       (``Selection.counts``) and is what the results report.
-    3. Merge: each kept token p is replaced by the a-weighted mean of itself and its ``neighbours`` most similar
-       other tokens (cosine similarity of the tapped layer's keys, features where keys are unavailable; any token,
-       kept or not, ties to the lower index): ``y_p = sum_j a_j x_j / sum_j a_j`` over that cluster, with a clamped
-       at 0 (uniform weights if a cluster's attention sums to 0, e.g. with ``scores=logits``).
-    ``neighbours`` defaults to 32 (the paper's k), capped at n - 1.
+
+class PruMergeStrategy(PruningStrategy):
+    """Adaptive count by IQR outliers of [CLS] attention; each kept token absorbs its most similar tokens.
+
+    1. a = the [CLS] row of the tapped layer's attention. ``attention=joint`` (default, the released code): one
+       softmax over the full-width logits ``q . k / sqrt(width)`` (heads concatenated), the last encoder layer's in
+       ``method=prumerge`` (``significance.layer=-1``); ``attention=heads``: the head average of the per-head
+       softmaxes. Without [CLS]: the attention each token receives.
+    2. Kept: the tokens with a above the upper IQR fence ``Q3 + 1.5 IQR`` of their span, in descending attention
+       (ties to the lower index); at least one. The count is adaptive (``Selection.counts``); the budget share
+       ``max(1, floor(keep * n))`` only caps the output count (``keep=1.0``: no cap, the released behaviour).
+    3. Merge, over the tapped layer's keys (heads concatenated; features where keys are unavailable): each kept
+       token p takes its ``neighbours`` most similar other tokens N(p) (cosine; any token, kept or not; ties to
+       the lower index). ``merge=sum`` (default, the released code): ``y_p = x_p + sum_{j in N(p)} a_j x_j``,
+       unnormalised; ``merge=mean`` (the paper's reading): ``y_p = sum_j a_j x_j / sum_j a_j`` over
+       ``{p} + N(p)`` (a clamped at 0; uniform if a cluster's attention sums to 0).
+    4. ``extra_token=True`` (default, the released code): one more token, ``sum_j a_j x_j`` over every token not
+       kept, is appended last, at the position of the most attended of them (none if every token is kept). It
+       counts within the budget cap.
+
+    ``neighbours`` defaults to 32 (the released k), capped at n - 1. Output order, as released: kept tokens by
+    descending attention, then the extra token (``method=prumerge`` keeps it: ``reorder=none``).
     """
 
     merges = True
     adaptive = True
     needs_attention = True
 
-    def __init__(self, neighbours: int = 32) -> None:
+    def __init__(
+        self,
+        neighbours: int = 32,
+        attention: Attention = "joint",
+        merge: Merge = "sum",
+        extra_token: bool = True,
+    ) -> None:
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
             raise ConfigError(f"neighbours={neighbours!r} must be a whole number >= 0")
+        _choice("attention", attention, ATTENTIONS)
+        _choice("merge", merge, MERGES)
+        if not isinstance(extra_token, bool):
+            raise ConfigError(f"extra_token={extra_token!r} must be true or false")
         self.neighbours = neighbours
+        self.attention = attention
+        self.merge = merge
+        self.extra_token = extra_token
+        self.averages = merge == "mean" and not extra_token
 
-    def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, k) kept indices, most attended first, padded, and their (B,) counts, k <= ``count``."""
-        order = torch.sort(saliency, dim=1, descending=True, stable=True).indices[:, :count]
-        counts = iqr_outliers(saliency).sum(dim=1).clamp(1, count)
-        return order, counts
+    def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> list[torch.Tensor]:
+        """Per sample, the (k,) kept indices in output order, before the budget cap."""
+        order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
+        outliers = iqr_outliers(saliency).sum(dim=1).clamp_min(1).tolist()
+        return [order[sample, :outliers_count] for sample, outliers_count in enumerate(outliers)]
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
     ) -> Selection:
-        batch, size = significance.shape
-        saliency = inputs.saliency(self.name)
-        kept, counts = self.kept_tokens(saliency, grid, budget.count(size, num_tokens))
-        kept = kept[:, : int(counts.max())]
-        similarity, flops = cosine_similarity(inputs.similarity_basis(self.name))
+        size = significance.shape[1]
+        saliency = inputs.joint_saliency(self.name) if self.attention == "joint" else inputs.saliency(self.name)
+        count = budget.count(size, num_tokens)
+        basis = torch.nn.functional.normalize(inputs.similarity_basis(self.name).float(), dim=-1)
+        parts = [
+            self._merge_sample(kept, saliency[sample], basis[sample], count)
+            for sample, kept in enumerate(self.kept_tokens(saliency, grid, count))
+        ]
+        return Selection.stack(parts)
+
+    def _merge_sample(self, kept: torch.Tensor, saliency: torch.Tensor, basis: torch.Tensor, count: int) -> Selection:
+        """One sample's (1, k) selection from its ordered kept tokens, within the budget cap ``count``."""
+        size = saliency.shape[0]
+        room = count - 1 if self.extra_token and count > 1 else count
+        kept = kept[:room]
+        rest = torch.ones(size, dtype=torch.bool, device=kept.device)
+        rest[kept] = False
+        similarity = torch.matmul(basis[kept], basis.T)  # (k, n)
+        similarity[torch.arange(kept.shape[0], device=kept.device), kept] = -torch.inf  # not its own neighbour
         neighbours = min(self.neighbours, size - 1)
-        kept_similarity = similarity.gather(1, kept[:, :, None].expand(-1, -1, size))  # (B, k, n)
-        # Each kept token's own column is excluded from its neighbours, then added back as the cluster's centre.
-        kept_similarity = kept_similarity.scatter(2, kept[:, :, None], -torch.inf)
-        nearest = torch.sort(kept_similarity, dim=2, descending=True, stable=True).indices[:, :, :neighbours]
-        cluster = torch.zeros((batch, kept.shape[1], size), device=saliency.device)
-        cluster.scatter_(2, nearest, 1.0)
-        cluster.scatter_(2, kept[:, :, None], 1.0)
-        mass = cluster * saliency.clamp_min(0)[:, None, :]
-        total = mass.sum(dim=2, keepdim=True)
-        uniform = cluster / cluster.sum(dim=2, keepdim=True)
-        weights = torch.where(total > 0, mass / total.clamp_min(torch.finfo(torch.float32).tiny), uniform)
-        return pad_to_counts(Selection(kept, weights, flops=flops), counts)
+        nearest = torch.sort(similarity, dim=1, descending=True, stable=True).indices[:, :neighbours]
+        cluster = torch.zeros((kept.shape[0], size), device=saliency.device)
+        cluster.scatter_(1, nearest, 1.0)
+        if self.merge == "sum":
+            weights = cluster * saliency[None, :]
+            weights[torch.arange(kept.shape[0], device=kept.device), kept] = 1.0
+        else:
+            cluster[torch.arange(kept.shape[0], device=kept.device), kept] = 1.0
+            mass = cluster * saliency.clamp_min(0)[None, :]
+            total = mass.sum(dim=1, keepdim=True)
+            uniform = cluster / cluster.sum(dim=1, keepdim=True)
+            weights = torch.where(total > 0, mass / total.clamp_min(torch.finfo(torch.float32).tiny), uniform)
+        indices = kept
+        if self.extra_token and kept.shape[0] < count and bool(rest.any()):
+            left = rest.nonzero()[:, 0]
+            representative = left[torch.sort(saliency[left], descending=True, stable=True).indices[0]]
+            indices = torch.cat([kept, representative[None]])
+            weights = torch.cat([weights, (saliency * rest)[None, :]])
+        flops = 2 * kept.shape[0] * size * basis.shape[-1]
+        return Selection(indices[None], weights[None], flops=flops)
 
 
 class PruMergePlusStrategy(PruMergeStrategy):
-    """PruMerge+: the IQR outliers plus spatially uniform samples, then PruMerge's merge.
+    """PruMerge+: the IQR outliers plus spatially spread samples, then PruMerge's merge.
 
-    The kept set is the outliers (at most the budget share k) together with an even lattice of
-    ``k - outliers`` tokens (the ``uniform`` strategy's lattice of the span's grid; evenly strided without a grid),
-    so the count never exceeds k and falls below it where the lattice hits outliers. The paper's PruMerge+ keeps
-    about a quarter of the tokens: ``keep=0.25``. Order: outliers by descending attention, then the added lattice
-    tokens in raster order.
+    With m outliers of n tokens, ``spatial=stride`` (default, the released adaptive branch) adds the tokens at
+    ``0, s, 2s, ...`` below ``n - 1`` (1-D, raster order) that are not outliers, with ``s = int(int(1 / (m / n)) / 3)``
+    (at least 1): the count stays adaptive and grows as the outliers get fewer. ``spatial=lattice`` fills the
+    budget share k instead with an even 2-D lattice of ``k - m`` tokens of the span's grid (the ``uniform``
+    strategy's lattice; strided without a grid), the count then at most k. Order: outliers by descending
+    attention, then the added tokens in raster order, then (``extra_token``) the token aggregating the rest. The
+    paper's PruMerge+ keeps about a quarter of the tokens.
     """
 
-    def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        order, outliers = super().kept_tokens(saliency, grid, count)
+    def __init__(
+        self,
+        neighbours: int = 32,
+        attention: Attention = "joint",
+        merge: Merge = "sum",
+        extra_token: bool = True,
+        spatial: Spatial = "stride",
+    ) -> None:
+        super().__init__(neighbours, attention, merge, extra_token)
+        _choice("spatial", spatial, SPATIALS)
+        self.spatial = spatial
+
+    def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> list[torch.Tensor]:
         size = saliency.shape[1]
         rows: list[torch.Tensor] = []
-        for sample in range(saliency.shape[0]):  # the lattice's size depends on the sample's outlier count
-            chosen = order[sample, : int(outliers[sample])]
-            spare = count - chosen.shape[0]
-            if spare > 0:
-                lattice = _lattice(size, grid, spare).to(chosen.device)
-                chosen = torch.cat([chosen, lattice[~torch.isin(lattice, chosen)]])
-            rows.append(chosen)
-        counts = torch.tensor([row.shape[0] for row in rows], dtype=torch.long, device=saliency.device)
-        width = int(counts.max())
-        padded = torch.stack([torch.cat([row, row[-1:].expand(width - row.shape[0])]) for row in rows])
-        return padded, counts
+        for chosen in super().kept_tokens(saliency, grid, count):  # the samples' added tokens depend on m
+            if self.spatial == "stride":
+                step = max(1, int(int(1 / (chosen.shape[0] / size)) / 3))
+                added = torch.arange(0, size - 1, step, device=chosen.device)
+            else:
+                chosen = chosen[:count]
+                spare = count - chosen.shape[0]
+                added = _lattice(size, grid, spare).to(chosen.device) if spare > 0 else chosen[:0]
+            rows.append(torch.cat([chosen, added[~torch.isin(added, chosen)]]))
+        return rows
 
 
 def _lattice(size: int, grid: Grid | None, count: int) -> torch.Tensor:

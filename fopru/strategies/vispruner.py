@@ -1,8 +1,10 @@
 """VisPruner (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token Pruning in
 VLMs", ICCV 2025).
 
-Reimplemented from the paper's description; the original code (github.com/Theia-4869/VisPruner) is Apache-2.0
-licensed.
+Follows the authors' released code, github.com/Theia-4869/VisPruner (Apache-2.0): ``llava/model/llava_arch.py``
+(``encode_images``: important tokens, then iterative matching and pruning of duplicates) and
+``llava/model/multimodal_encoder/clip_encoder.py`` (``feature_select``: the [CLS] row of the feature layer's
+attention). Re-expressed here, no code copied.
 """
 
 from __future__ import annotations
@@ -20,26 +22,32 @@ class VisPrunerStrategy(PruningStrategy):
     """Important tokens by [CLS] attention, then diverse tokens from the rest by iterative duplicate removal.
 
     Of a span's budget k, ``floor(important * k)`` tokens are *important*: the highest [CLS]-to-patch attention
-    (without [CLS]: the attention each token receives). The rest, in descending attention, are thinned to the
-    remaining ``k - important`` *diverse* tokens in rounds: the candidates are dealt alternately into two halves
-    (positions 0, 2, 4, ... and 1, 3, 5, ... of the current order); each token of the first half scores its highest
-    cosine similarity to the second half; the ``min(step, excess)`` highest scorers (near-duplicates; ties to the
-    earlier one) leave, the others keep their order. Similarity is between the features (the vision features the
-    projector reads), as in the paper.
+    (without [CLS]: the attention each token receives). The rest, the *residual* in descending attention, is thinned
+    to the remaining ``k - important`` *diverse* tokens in rounds: the residual is dealt alternately into two halves
+    (positions 0, 2, 4, ... and 1, 3, 5, ... of its current order); each token of the first half scores its highest
+    cosine similarity to the second half, and the ``min(step, excess)`` highest scorers (near-duplicates; ties to
+    the earlier one) leave. The residual the next round splits is then rebuilt, as the released code does: the
+    surviving first-half tokens in descending score order (ties in their current order), followed by the whole
+    second half in its order (``rebuild=True``). ``rebuild=False`` keeps the survivors in their interleaved order
+    instead (the paper's text describes no reordering). Similarity is between the features the projector reads.
 
-    ``important`` defaults to 0.5 (the paper studies the split; choose per study); ``step``, tokens removed per
-    round, to 8. Output: important tokens by descending attention, then diverse ones in their final order.
+    ``important`` defaults to 0.5 and ``step``, tokens removed per round, to 8 (both the released defaults). Output:
+    important tokens by descending attention, then diverse ones in their final order (``method=vispruner`` puts
+    them back in raster order, as the released code's index mask does).
     """
 
     needs_attention = True
 
-    def __init__(self, important: float = 0.5, step: int = 8) -> None:
+    def __init__(self, important: float = 0.5, step: int = 8, rebuild: bool = True) -> None:
         if isinstance(important, bool) or not isinstance(important, int | float) or not 0 <= important <= 1:
             raise ConfigError(f"important={important!r} must be the important share of the budget, in [0, 1]")
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ConfigError(f"step={step!r} must be a whole number >= 1 (tokens removed per round)")
+        if not isinstance(rebuild, bool):
+            raise ConfigError(f"rebuild={rebuild!r} must be true or false")
         self.important = float(important)
         self.step = step
+        self.rebuild = rebuild
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
@@ -63,9 +71,13 @@ class VisPrunerStrategy(PruningStrategy):
             remove = min(remove, first.shape[1])
             pairs = similarity.gather(1, first[:, :, None].expand(-1, -1, similarity.shape[2]))
             scores = pairs.gather(2, second[:, None, :].expand(-1, first.shape[1], -1)).amax(dim=2)
-            leaving = top_indices(scores, remove) * 2  # position within ``positions`` of each leaving token
-            stays = torch.ones_like(positions, dtype=torch.bool)
-            stays[torch.arange(batch, device=stays.device)[:, None], leaving] = False
-            positions = positions[stays].view(batch, -1)
+            ranked_first = top_indices(scores, first.shape[1])  # first-half slots by descending score
+            if self.rebuild:
+                positions = torch.cat([first.gather(1, ranked_first[:, remove:]), second], dim=1)
+            else:
+                leaving = ranked_first[:, :remove] * 2  # position within ``positions`` of each leaving token
+                stays = torch.ones_like(positions, dtype=torch.bool)
+                stays[torch.arange(batch, device=stays.device)[:, None], leaving] = False
+                positions = positions[stays].view(batch, -1)
         diverse = residual.gather(1, positions)
         return Selection(torch.cat([important, diverse], dim=1), flops=flops)

@@ -37,9 +37,12 @@ def test_fastv_keeps_the_budget_after_layer_k() -> None:
     assert FastV(layer=0.25, keep=0.5).schedule(4, 8, Budget()) == (Drop(2, 2),)
 
 
-def test_vtw_withdraws_everything_at_half_depth() -> None:
+def test_vtw_withdraws_everything_at_the_released_k() -> None:
+    # The released code and README run LLaVA-1.5-7B (32 layers) with K = 15: the tokens leave before the decoder
+    # layer of index 15, so layers 0..14 see them; that is Drop(15, 0) whatever the run's keep.
     method = VisualTokenWithdrawal()
-    assert method.schedule(576, 32, Budget(keep=0.1)) == (Drop(16, 0),)
+    assert method.schedule(576, 32, Budget(keep=0.1)) == (Drop(15, 0),)
+    # 15 / 32 of 4 layers rounds to 2.
     assert method.visual_per_layer(6, 4, Budget()) == (6, 6, 0, 0)
     assert VisualTokenWithdrawal(layer=3).schedule(6, 4, Budget()) == (Drop(3, 0),)
 
@@ -98,7 +101,7 @@ def test_layers_that_do_not_fit_the_model_raise_config_error() -> None:
 def test_fractional_boundaries_merge_on_shallow_models() -> None:
     # 0.25, 0.5, 0.75 of 3 layers round to 1, 2, 2 -> boundaries 1 and 2 (keep 0.25 of 16: 4; floor(16 * 0.5) = 8).
     assert PyramidDrop().schedule(16, 3, Budget(keep=0.25)) == (Drop(1, 8), Drop(2, 4))
-    # Of 2 layers every fraction stays within [1, 1]; VTW's half depth of 2 layers is layer 1.
+    # Of 2 layers every fraction stays within [1, 1]; VTW's 15 / 32 of 2 layers is layer 1.
     assert PyramidDrop().schedule(16, 2, Budget(keep=0.25)) == (Drop(1, 4),)
     assert VisualTokenWithdrawal().schedule(16, 2, Budget()) == (Drop(1, 0),)
 

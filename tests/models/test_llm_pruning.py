@@ -44,6 +44,7 @@ METHODS: list[LLMPruning] = [
     FastV(layer=2, keep=0.3),
     VisualTokenWithdrawal(layer=2),
     PyramidDrop(layers=(1, 2, 3), keep=0.125),
+    PyramidDrop(layers=(1, 2, 3), keep=0.125, ranking="own", renumber=False),
 ]
 NEW_TOKENS = 5
 
@@ -88,11 +89,17 @@ def rope_positions(adapter: TargetModel, positions: torch.Tensor) -> torch.Tenso
 
 
 def reference_logits(
-    adapter: TargetModel, inputs: LanguageInputs, generation: Generation, boundaries: tuple[int, ...], steps: int
+    adapter: TargetModel,
+    inputs: LanguageInputs,
+    generation: Generation,
+    boundaries: tuple[int, ...],
+    steps: int,
+    renumber: bool = False,
 ) -> torch.Tensor:
     """Last-position logits of the stock layers run on the whole sequence (prompt + ``steps`` generated tokens)
     without a cache, each layer under an explicit 4-D mask hiding the prompt tokens dropped at earlier
-    boundaries."""
+    boundaries. ``renumber`` (1-D positions only): each layer numbers the prompt tokens it still sees 0, 1, ...
+    and the generated tokens after them, as PyramidDrop's released code does."""
     language = adapter.model.model.language_model
     batch, length = inputs.attention_mask.shape
     generated = generation.tokens[:, :steps]
@@ -102,13 +109,19 @@ def reference_logits(
     positions = torch.cat([inputs.position_ids, step_positions.expand(inputs.position_ids.shape[0], -1, -1)], dim=2)
     total = embeds.shape[1]
     causal = torch.ones(total, total, dtype=torch.bool).tril()
-    rotary = language.rotary_emb(embeds, rope_positions(adapter, positions))
     hidden = embeds
     for index, layer in enumerate(language.layers):
         keys = real.clone()
         for boundary, present in zip(boundaries, generation.survivors, strict=True):
             if index >= boundary:
                 keys[:, :length] &= present
+        layer_positions = positions
+        if renumber and positions.shape[0] == 1:
+            prompt = keys[:, :length]
+            numbered = (prompt.cumsum(dim=1) - 1).clamp_min(0)
+            after = prompt.sum(dim=1, keepdim=True) + torch.arange(steps)[None]
+            layer_positions = torch.cat([numbered, after], dim=1)[None]
+        rotary = language.rotary_emb(embeds, rope_positions(adapter, layer_positions))
         allowed = causal[None] & keys[:, None, :]
         mask = torch.zeros(batch, 1, total, total).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary)
@@ -205,14 +218,22 @@ def test_pruned_generation_equals_a_masked_reference(family: tuple[str, TargetMo
     assert generation.layer_cache_lengths == expected_lengths
     # The prefill logits, then every greedy token of unfinished samples, equal the reference's.
     prefill_logits, _ = adapter.staged_decoder().prefill(
-        inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids, inputs.visual_mask, schedules, DynamicCache()
+        inputs.inputs_embeds,
+        inputs.attention_mask,
+        inputs.position_ids,
+        inputs.visual_mask,
+        schedules,
+        DynamicCache(),
+        ranking=method.ranking,
+        renumber=method.renumber,
     )
-    reference = reference_logits(adapter, inputs, generation, boundaries, 0)
+    renumber = method.renumber
+    reference = reference_logits(adapter, inputs, generation, boundaries, 0, renumber)
     torch.testing.assert_close(prefill_logits[:, -1], reference, rtol=1e-4, atol=1e-5)
     eos = adapter.processor.tokenizer.eos_token_id
     finished = torch.zeros(2, dtype=torch.bool)
     for step in range(generation.tokens.shape[1]):
-        expected = reference_logits(adapter, inputs, generation, boundaries, step).argmax(dim=-1)
+        expected = reference_logits(adapter, inputs, generation, boundaries, step, renumber).argmax(dim=-1)
         assert torch.equal(expected[~finished], generation.tokens[~finished, step])
         finished |= generation.tokens[:, step] == eos
 
@@ -236,7 +257,29 @@ def test_fastv_drops_the_visual_tokens_the_last_token_attends_least(family: tupl
         assert torch.equal(present.nonzero().flatten(), expected)
 
 
-@pytest.mark.parametrize("method", [METHODS[0], METHODS[2], METHODS[3]], ids=["fastv", "vtw", "pyramid_drop"])
+@torch.no_grad()
+def test_pyramid_drop_ranks_with_the_next_layers_projections(family: tuple[str, TargetModel]) -> None:
+    """PyramidDrop's released ranking at its first boundary (before layer 2) scores the hidden states entering
+    layer 2 with layer 2's own norm, projections and rotary embedding: that is the stock model's eager attention
+    row of the last token in layer 2 (index 2), heads averaged, where FastV reads layer index 1."""
+    name, adapter = family
+    batch = batch_of(name, adapter, [0, 1])
+    method = PyramidDrop(layers=(2, 3), keep=0.25)
+    generation = adapter.generate(batch, pipeline_with(method), max_new_tokens=1)
+    inputs = generation.inputs
+    assert inputs.visual_mask is not None
+    rows = eager_last_rows(adapter, inputs)[2]
+    for sample in range(2):
+        visual = inputs.visual_mask[sample].nonzero().flatten()
+        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
+        expected = visual[rows[sample, visual].argsort(descending=True, stable=True)[:kept]].sort().values
+        present = generation.survivors[0][sample] & inputs.visual_mask[sample]
+        assert torch.equal(present.nonzero().flatten(), expected)
+
+
+@pytest.mark.parametrize(
+    "method", [METHODS[0], METHODS[2], METHODS[3], METHODS[4]], ids=["fastv", "vtw", "pyramid_drop", "pyramid_own"]
+)
 def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, TargetModel], method: LLMPruning) -> None:
     name, adapter = family
     batch = batch_of(name, adapter, [1])

@@ -102,3 +102,30 @@ def test_summary_before_any_call_is_an_error() -> None:
         pass
     with pytest.raises(RuntimeError, match="did not run"):
         tap.summary()
+
+
+def test_the_joint_cls_row_and_keys_are_what_prumerge_and_visionzip_read() -> None:
+    # LLaVA-PruMerge's released code hooks the last layer's q_proj and k_proj outputs (full width C) and takes
+    # softmax(q k^T / sqrt(C))[0, 1:]; its similarity reads k_proj's patch rows. VisionZip's released code averages
+    # the raw keys over heads. The tap's summary must hold exactly those.
+    model = tiny_encoder("clip")
+    attention = model.encoder.layers[-1].self_attn
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        attention.q_proj.register_forward_hook(lambda module, args, output: outputs.__setitem__("q", output)),
+        attention.k_proj.register_forward_hook(lambda module, args, output: outputs.__setitem__("k", output)),
+    ]
+    with torch.no_grad(), VisionAttentionTap(attention, AttentionReduction(), has_cls=True) as tap:
+        model(pixel_values=pixels())
+    for hook in hooks:
+        hook.remove()
+    summary = tap.summary()
+    query, key = outputs["q"], outputs["k"]
+    released = torch.softmax(query @ key.transpose(1, 2) * query.shape[-1] ** -0.5, dim=-1)[:, 0, 1:]
+    assert summary.cls_joint is not None and summary.keys is not None
+    torch.testing.assert_close(summary.cls_joint, released)
+    torch.testing.assert_close(summary.keys, key[:, 1:])
+    assert summary.key_heads == 4
+    head_mean = summary.head_mean_keys()
+    assert head_mean is not None
+    torch.testing.assert_close(head_mean, key[:, 1:].view(2, 36, 4, 16).mean(dim=2))

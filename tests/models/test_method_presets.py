@@ -1,0 +1,80 @@
+"""Every registered method preset (``conf/method/``, as ``method=<name>`` composes it) on every tiny family,
+batched with left padding: each sample of the batch keeps the tokens, and generates the tokens, it does alone.
+
+The language models are deepened to 4 layers (as for the in-LLM tests) so that every in-LLM preset's boundaries
+fit; on encoders without [CLS] (Qwen2-VL) a preset's ``significance=cls`` becomes ``received``, the stand-in its
+strategy reads itself there."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fopru.components import CONFIG_DIR, choices
+from fopru.models.base import TargetModel
+from fopru.models.qwen2_vl import IMAGE_PROMPT
+from fopru.pipeline import PruningPipeline
+from tests.models.conftest import make_image
+from tests.models.test_llm_pruning import deepen
+
+LLAVA_PROMPTS = (
+    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
+    "USER: <image>\nwhat color ? ASSISTANT:",
+)
+QWEN_PROMPTS = (
+    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
+    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
+)
+FAMILIES: dict[str, tuple[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]]] = {
+    # prompts, (width, height) of the two images
+    "tiny_llava": (LLAVA_PROMPTS, ((48, 48), (48, 48))),
+    "tiny_llava_next": (LLAVA_PROMPTS, ((70, 40), (50, 90))),
+    "tiny_qwen2_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
+    "tiny_qwen25_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
+}
+NEW_TOKENS = 2
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
+    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
+    assert isinstance(built, TargetModel)
+    built.load()
+    return request.param, deepen(built)
+
+
+def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
+    prompts, sizes = FAMILIES[name]
+    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
+    return adapter.prepare(images, [prompts[seed] for seed in samples])
+
+
+def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:
+    overrides = [f"method={method}", "keep=0.25", "stage=validate"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train_eval", overrides=overrides)
+        if not has_cls and str(cfg.significance._target_).endswith(".ClsSignificance"):
+            cfg = compose(config_name="train_eval", overrides=[*overrides, "significance=received"])
+    return PruningPipeline.from_config(cfg)
+
+
+@pytest.mark.parametrize("method", choices("method"))
+@torch.no_grad()
+def test_every_method_preset_runs_batched_as_each_sample_alone(family: tuple[str, TargetModel], method: str) -> None:
+    name, adapter = family
+    pipeline = method_pipeline(method, has_cls=name.startswith("tiny_llava"))
+    batched = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
+    assert batched.tokens.shape[0] == 2
+    for sample in range(2):
+        alone = adapter.generate(batch_of(name, adapter, [sample]), pipeline, max_new_tokens=NEW_TOKENS)
+        [image] = alone.inputs.images
+        assert torch.equal(batched.inputs.images[sample].indices, image.indices)
+        torch.testing.assert_close(batched.inputs.images[sample].embeddings, image.embeddings, rtol=1e-4, atol=1e-5)
+        assert int(batched.inputs.visual_tokens[sample]) == int(alone.inputs.visual_tokens[0])
+        assert batched.layer_cache_lengths[-1] >= alone.layer_cache_lengths[-1]
+        assert torch.equal(batched.tokens[sample], alone.tokens[0])

@@ -447,6 +447,7 @@ def with_layer_tokens(
     text_tokens: int,
     ranking_keys: Sequence[int] = (),
     logits_to_keep: int = 1,
+    method_flops: int = 0,
 ) -> FlopsBreakdown:
     """``breakdown`` with the language model's prefill and decode recounted for per-layer visual tokens.
 
@@ -457,13 +458,14 @@ def with_layer_tokens(
         ranking_keys: for every boundary that ranks tokens, the keys the last query is scored against (the prompt
             tokens of the layer before it); their products are added to ``pruning``.
         logits_to_keep: as for :func:`prefill_flops`.
+        method_flops: products a method with its own selection rule spent (added to ``pruning`` too).
 
     Also fills ``visual_tokens_mean`` and ``visual_tokens_equivalent``. With equal counts everywhere and no
     ranking, the FLOPs are unchanged.
     """
     shape = _DecoderShape.from_config(text_config)
     prompt = [text_tokens + visual for visual in visual_per_layer]
-    ranking = sum(ranking_flops(text_config, keys) for keys in ranking_keys)
+    ranking = method_flops + sum(ranking_flops(text_config, keys) for keys in ranking_keys)
     return replace(
         breakdown,
         prefill=float(staged_prefill_flops(text_config, prompt, logits_to_keep)),

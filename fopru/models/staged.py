@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from fopru.errors import ConfigError
-from fopru.llm_pruning.base import Drop, rank_visual
+from fopru.llm_pruning.base import BoundaryInputs, Drop, LLMPruning, rank_visual
 from fopru.models.tap import AttentionProbe
 
 
@@ -62,6 +62,28 @@ class LastQueryAttention(AttentionProbe):
                 # SDPA masks are boolean (True = attend), eager ones additive.
                 scores = scores.masked_fill(~row, -torch.inf) if row.dtype == torch.bool else scores + row.float()
             self.rows = scores.softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+class QueryKeyProbe(AttentionProbe):
+    """Context manager keeping one attention call's rotated (B, H, L, d) queries, (B, K, L, d) keys and scale, for
+    methods with their own selection rule (:attr:`~fopru.llm_pruning.base.LLMPruning.selects`)."""
+
+    implementation = "fopru_query_key"
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__(attention)
+        self.query: torch.Tensor | None = None
+        self.key: torch.Tensor | None = None
+        self.scaling = 1.0
+
+    def reset(self) -> None:
+        self.query = self.key = None
+
+    def record(
+        self, query: torch.Tensor, key: torch.Tensor, scaling: float | None, attention_mask: torch.Tensor | None
+    ) -> None:
+        self.query, self.key = query.detach(), key.detach()
+        self.scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
 
 
 @dataclass
@@ -149,6 +171,7 @@ class StagedDecoder:
         visual_mask: torch.Tensor,
         schedules: Sequence[Sequence[Drop]],
         cache: DynamicCache,
+        method: LLMPruning | None = None,
     ) -> tuple[torch.Tensor, list[Segment]]:
         """Run the prompt, dropping visual tokens at every boundary; returns last-position logits and segments.
 
@@ -159,6 +182,8 @@ class StagedDecoder:
             visual_mask: (B, L) bool, the visual positions.
             schedules: one schedule per sample, all with the same boundary layers (counts may differ).
             cache: an empty cache; layer i ends up holding the tokens of the segment containing i.
+            method: the in-LLM method; one with its own selection rule (``selects``) chooses the survivors from
+                layer ``b - 1``'s output, queries and keys, else the last token's attention ranks them.
         """
         batch = inputs_embeds.shape[0]
         if len(schedules) != batch:
@@ -171,6 +196,8 @@ class StagedDecoder:
         index = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1).masked_fill(~real, -1)
         segment = Segment(0, self.depth, attention_mask, index)
         visual = visual_mask & real
+        own_rule = method is not None and method.selects
+        guide = method.prepare(inputs_embeds, visual, real) if method is not None and own_rule else None
         hidden, positions = inputs_embeds, position_ids
         segments: list[Segment] = []
         for number, layer in enumerate(boundaries):
@@ -180,21 +207,45 @@ class StagedDecoder:
             rotary = self._rotary(hidden, positions)
             mask = segment.attention_mask
             hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
-            if bool(((kept > 0) & (kept < visual.sum(dim=1))).any()):
+            ranked = (kept > 0) & (kept < visual.sum(dim=1))  # some but not all survive: a rule must choose
+            ranks = bool(ranked.any())
+            if ranks and own_rule:
+                assert method is not None
+                with QueryKeyProbe(self.layers[layer - 1].get_submodule("self_attn")) as recorder:
+                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                assert recorder.query is not None and recorder.key is not None
+                state = BoundaryInputs(
+                    hidden=hidden,
+                    query=recorder.query,
+                    key=recorder.key,
+                    scaling=recorder.scaling,
+                    visual=visual,
+                    real=mask.bool(),
+                    guide=guide,
+                    kept=kept,
+                    number=number,
+                    norm=self.decoder.norm,
+                )
+                # Samples keeping all or none of their visual tokens need no rule (the method may skip them).
+                trivial = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
+                keep = torch.where(ranked[:, None], method.select(state), trivial)
+            elif ranks:
                 with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
                     hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
                 assert probe.rows is not None
-                scores = probe.rows
+                keep = rank_visual(probe.rows, visual, kept)
             else:  # every visual token kept, or all withdrawn: no ranking needed
                 hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
-                scores = torch.zeros(visual.shape, device=device)
-            keep = rank_visual(scores, visual, kept) & segment.attention_mask.bool()
+                keep = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
+            keep = keep & segment.attention_mask.bool()
             order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, -int(keep.sum(dim=1).max()) :]
             segments.append(segment)
             hidden = hidden.gather(1, order[..., None].expand(-1, -1, hidden.shape[-1]))
             positions = positions.gather(2, order[None].expand(positions.shape[0], -1, -1))
             survived = keep.gather(1, order)
             visual = visual.gather(1, order) & survived
+            if guide is not None:
+                guide = guide.gather(1, order)
             segment = Segment(
                 layer,
                 self.depth,

@@ -1,0 +1,165 @@
+"""SparseVLM (Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model
+Inference", ICML 2025, arXiv 2410.04417).
+
+Follows the authors' code, Gumpest/SparseVLMs (Apache-2.0), branch ``v1.5`` (the version its README points to for
+SparseVLM): ``llava/model/language_model/modelling_sparse_llama.py`` (``LlamaDynamicvitModel.forward``: raters,
+pruning layers 2, 6, 15; ``LlamaDynamicvitFlashAttention2.forward``: the raters' attention) and
+``llava/model/language_model/score.py`` (``attn_postprocess_topk`` and the per-layer counts); re-expressed here, no
+code copied.
+
+Not reproduced: token recycling (the code clusters the top 30% most rated deleted tokens with density-peak
+k-nearest-neighbour clustering, ``utils.py``'s ``cluster_and_merge``, into ``floor(m / 10) + 1`` averaged tokens
+placed after the kept visual tokens) and the code's renumbering of positions after each drop. The staged decoder
+keeps every survivor's original position and adds no token, so recycled tokens have no position to take.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import PretrainedConfig
+
+from fopru.efficiency.flops import ranking_flops
+from fopru.errors import ConfigError
+from fopru.layout import Budget
+from fopru.llm_pruning.base import (
+    BoundaryInputs,
+    Drop,
+    LayerSpec,
+    LLMPruning,
+    check_keep,
+    check_layer_spec,
+    final_count,
+    resolve_layer,
+    trailing_text,
+)
+
+#: The code's visual counts after each pruning layer of LLaVA-1.5 (576 tokens, 32 layers), by the retained-token
+#: setting they average to over the layers (``score.py``).
+OFFICIAL_COUNTS: dict[int, tuple[int, int, int]] = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+OFFICIAL_TOKENS = 576
+
+
+class SparseVLM(LLMPruning):
+    """Text-guided visual-token sparsification at several layers of the language model.
+
+    - Raters, once, from the prompt's input embeddings: with V the visual embeddings and T those of the
+      instruction (every real token after the image), ``m = mean_over_visual softmax_over_text(V T^T)``; the
+      instruction tokens with ``m`` above its mean rate the visual tokens (every instruction token where none is
+      above, e.g. a one-token instruction).
+    - At each boundary b, layer b - 1's attention (rotated queries and keys, causal, softmax over all the tokens it
+      holds, heads averaged), rows of the raters, columns of the visual tokens, averaged over the raters, scores
+      each visual token; the ``min(c_j, v - 1)`` best survive (ties to the lower position), in prompt order.
+
+    Boundaries: the code prunes with the attention of layers 2, 6 and 15 (0-based) of 32, so the first layers
+    without the dropped tokens are 3, 7 and 16, given here as fractions of the depth (3/32, 7/32, 1/2); fractions
+    that round to the same layer on a shallow model merge, the later count winning.
+
+    Counts: ``counts`` null takes the code's table (:data:`OFFICIAL_COUNTS`) whose setting, as a share of 576
+    tokens, is nearest the run's share ``k / n`` (k = ``max(1, floor(keep * n))``), scaled by ``k / setting``:
+    LLaVA-1.5's 576 tokens at k = 64, 128 or 192 get the code's counts exactly. ``counts`` set: the fraction of
+    the n visual tokens kept after each boundary.
+
+    Raters' products are formed for every instruction token (``2 n T D`` FLOPs, then the attention rows of all T
+    against the layer's keys), so that the FLOPs do not depend on how many rate.
+    """
+
+    selects = True
+
+    def __init__(
+        self,
+        layers: Sequence[LayerSpec] = (0.09375, 0.21875, 0.5),
+        counts: Sequence[float] | None = None,
+        keep: float | None = None,
+    ) -> None:
+        if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+            raise ConfigError(f"llm_pruning.layers must be a non-empty list of layers, got {layers!r}")
+        self.layers = tuple(check_layer_spec("llm_pruning.layers", value) for value in layers)
+        if counts is not None:
+            if isinstance(counts, str) or not isinstance(counts, Sequence) or len(counts) != len(self.layers):
+                raise ConfigError(
+                    f"llm_pruning.counts must be null or one fraction per boundary ({len(self.layers)}), got {counts!r}"
+                )
+            counts = tuple(check_keep("llm_pruning.counts", value) for value in counts)  # type: ignore[misc]
+        elif len(self.layers) != 3:
+            raise ConfigError(
+                f"llm_pruning.counts null takes the official three-stage table; give one fraction per boundary for "
+                f"llm_pruning.layers={list(self.layers)}"
+            )
+        self.counts: tuple[float, ...] | None = None if counts is None else tuple(float(c) for c in counts)
+        self.keep = check_keep("llm_pruning.keep", keep)
+
+    def targets(self, visual: int, budget: Budget) -> tuple[int, ...]:
+        """The count kept after each configured boundary, before the code's ``v - 1`` cap."""
+        if self.counts is not None:
+            return tuple(max(1, math.floor(share * visual + 1e-9)) for share in self.counts)
+        target = final_count(visual, budget, self.keep)
+        share = target / visual if visual else 0.0
+        setting = min(OFFICIAL_COUNTS, key=lambda tokens: (abs(tokens / OFFICIAL_TOKENS - share), tokens))
+        return tuple(max(1, round(count * target / setting)) for count in OFFICIAL_COUNTS[setting])
+
+    def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:
+        merged: list[tuple[int, int]] = []
+        for value, count in zip(self.layers, self.targets(visual, budget), strict=True):
+            layer = resolve_layer("llm_pruning.layers", value, depth)
+            if merged and layer == merged[-1][0] and isinstance(value, float):
+                merged[-1] = (layer, count)
+                continue
+            if merged and layer <= merged[-1][0]:
+                raise ConfigError(
+                    f"llm_pruning.layers={list(self.layers)} resolve to non-increasing layers for a {depth}-layer "
+                    "language model; boundaries must be strictly increasing"
+                )
+            merged.append((layer, count))
+        drops = []
+        left = visual
+        for layer, count in merged:
+            left = max(0, min(count, left - 1)) if left else 0
+            drops.append(Drop(layer, left))
+        return tuple(drops)
+
+    def prepare(self, inputs_embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: the raters."""
+        instruction = trailing_text(visual, real)
+        raters = torch.zeros_like(instruction)
+        for sample in range(inputs_embeds.shape[0]):
+            words = instruction[sample].nonzero().flatten()
+            if not bool(visual[sample].any()) or words.numel() == 0:
+                continue
+            embeds = inputs_embeds[sample].float()
+            scores = torch.matmul(embeds[visual[sample]], embeds[words].T).softmax(dim=1).mean(dim=0)
+            chosen = scores > scores.mean()
+            raters[sample, words[chosen if bool(chosen.any()) else torch.ones_like(chosen)]] = True
+        return raters
+
+    def select(self, inputs: BoundaryInputs) -> torch.Tensor:
+        assert inputs.guide is not None
+        keep = ~inputs.visual
+        instruction = trailing_text(inputs.visual, inputs.real)
+        groups = inputs.query.shape[1] // inputs.key.shape[1]
+        for sample in range(keep.shape[0]):
+            kept = int(inputs.kept[sample])
+            if not 0 < kept < int(inputs.visual[sample].sum()):
+                continue
+            tokens = inputs.real[sample].nonzero().flatten()  # the keys the layer attended to
+            words = instruction[sample].nonzero().flatten()
+            query = inputs.query[sample][:, words].float()  # (H, T, d)
+            key = inputs.key[sample][:, tokens].float().repeat_interleave(groups, dim=0)  # (H, K, d)
+            logits = torch.matmul(query, key.transpose(1, 2)) * inputs.scaling  # (H, T, K)
+            future = tokens[None, :] > words[:, None]
+            attention = logits.masked_fill(future, -torch.inf).softmax(dim=-1).mean(dim=0)  # (T, K)
+            rows = inputs.guide[sample, words].bool()
+            columns = inputs.visual[sample, tokens]
+            relation = attention[rows][:, columns].mean(dim=0)
+            visual = tokens[columns]
+            best = torch.sort(relation, descending=True, stable=True).indices[:kept]
+            keep[sample, visual[best]] = True
+        return keep
+
+    def prepare_flops(self, text_config: PretrainedConfig, visual: int, trailing: int) -> int:
+        return 2 * visual * trailing * int(text_config.get_text_config().hidden_size)
+
+    def boundary_flops(self, text_config: PretrainedConfig, number: int, keys: int, visual: int, trailing: int) -> int:
+        return trailing * ranking_flops(text_config, keys)

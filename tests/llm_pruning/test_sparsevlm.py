@@ -1,0 +1,121 @@
+"""SparseVLM against its official algorithm (Gumpest/SparseVLMs v1.5: ``modelling_sparse_llama.py`` raters and
+the raters' attention, ``score.py``'s ``attn_postprocess_topk`` and counts), re-expressed step by step here on a
+short sequence: 3 prompt tokens, an 8 x 8 image, 6 instruction tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fopru.errors import ConfigError
+from fopru.layout import Budget
+from fopru.llm_pruning import BoundaryInputs, Drop, SparseVLM
+
+START, IMAGE, TEXT = 3, 64, 6
+LENGTH = START + IMAGE + TEXT
+HEADS, KV_HEADS, HEAD_DIM, WIDTH = 4, 2, 3, 5
+
+
+def written(shape: tuple[int, ...], rate: float, phase: float) -> torch.Tensor:
+    """Entry i (flat) is cos(rate * i + phase) * (1 + (i % 5) / 4): deterministic, varied, written as a formula."""
+    count = math.prod(shape)
+    return torch.tensor([math.cos(rate * i + phase) * (1 + (i % 5) / 4) for i in range(count)]).reshape(shape)
+
+
+def official_raters(hidden_states: torch.Tensor) -> torch.Tensor:
+    """``t_token_idx``: the instruction tokens whose mean (over visual tokens) softmax relation is above the mean."""
+    v_t = hidden_states[:, START : START + IMAGE, :]
+    t_t = hidden_states[:, START + IMAGE :, :]
+    m_v_t = v_t @ t_t.transpose(1, 2)
+    m_v_t = m_v_t.softmax(2).mean(1)
+    return torch.where(m_v_t > m_v_t.mean())[1]
+
+
+def official_scores(
+    query: torch.Tensor, key: torch.Tensor, raters: torch.Tensor, v_start: int, v_num: int
+) -> torch.Tensor:
+    """The flash-attention path's ``attn_logits`` and ``attn_postprocess_topk``'s relation (B = 1)."""
+    key = key.repeat_interleave(HEADS // KV_HEADS, dim=1)  # repeat_kv
+    length = query.shape[-2]
+    scale_factor = 1 / math.sqrt(query.size(-1))
+    attn_bias = torch.zeros(length, length)
+    temp_mask = torch.ones(length, length, dtype=torch.bool).tril(diagonal=0)
+    attn_bias.masked_fill_(temp_mask.logical_not(), float("-inf"))
+    attn_logits = query @ key.transpose(2, 3) * scale_factor + attn_bias
+    attn_logits = torch.softmax(attn_logits, dim=-1).mean(1)
+    rows = raters + v_start + v_num
+    return attn_logits[:, rows, v_start : v_start + v_num].mean(1)[0]
+
+
+def official_keep(relation: torch.Tensor, count: int, v_num: int) -> list[int]:
+    """``attn_postprocess_topk``'s mask, as visual indices."""
+    indices = torch.topk(relation, min(count, v_num - 1)).indices
+    return sorted(indices.tolist())
+
+
+def test_sparsevlm_equals_the_official_algorithm_over_two_stages() -> None:
+    embeds = written((1, LENGTH, WIDTH), 0.61, 0.3)
+    raters = official_raters(embeds)
+    method = SparseVLM(layers=(1, 2), counts=(0.5, 0.25))
+    visual = torch.zeros(1, LENGTH, dtype=torch.bool)
+    visual[0, START : START + IMAGE] = True
+    real = torch.ones(1, LENGTH, dtype=torch.bool)
+    guide = method.prepare(embeds, visual, real)
+    assert (guide[0].nonzero().flatten() - START - IMAGE).tolist() == raters.tolist()
+    assert 0 < raters.numel() < TEXT
+    drops = method.schedule(IMAGE, 4, Budget())
+    assert drops == (Drop(1, 32), Drop(2, 16))
+    length, v_num = LENGTH, IMAGE
+    kept_positions = torch.arange(LENGTH)
+    for number, drop in enumerate(drops):
+        query = written((1, HEADS, length, HEAD_DIM), 0.23 + number, 0.1)
+        key = written((1, KV_HEADS, length, HEAD_DIM), 0.47 + number, 0.7)
+        expected = official_keep(official_scores(query, key, raters, START, v_num), drop.kept, v_num)
+        keep = method.select(
+            BoundaryInputs(
+                hidden=torch.zeros(1, length, WIDTH),
+                query=query,
+                key=key,
+                scaling=1 / math.sqrt(HEAD_DIM),
+                visual=visual,
+                real=real,
+                guide=guide,
+                kept=torch.tensor([drop.kept]),
+                number=number,
+                norm=lambda hidden: hidden,
+            )
+        )[0]
+        assert ((keep & visual[0]).nonzero().flatten() - START).tolist() == expected
+        assert bool(keep[~visual[0]].all())
+        # The next stage holds the survivors in prompt order, as the code's policy selection does.
+        kept_positions = kept_positions[keep]
+        visual, real, guide = visual[:, keep], real[:, keep], guide[:, keep]
+        length, v_num = int(keep.sum()), drop.kept
+    assert kept_positions.numel() == START + 16 + TEXT
+
+
+def test_the_official_counts_and_their_scaling() -> None:
+    # LLaVA-1.5: 576 tokens, 32 layers; the code's three settings exactly (boundaries 3, 7, 16).
+    for tokens, counts in ((192, (300, 200, 110)), (128, (303, 110, 36)), (64, (66, 30, 17))):
+        drops = SparseVLM().schedule(576, 32, Budget(keep_tokens=tokens))
+        assert drops == tuple(Drop(layer, count) for layer, count in zip((3, 7, 16), counts, strict=True))
+    # keep 0.1: k = 57, nearest setting 64 (share 1/9), scaled by 57/64: round(58.8, 26.7, 15.1) = 59, 27, 15.
+    assert SparseVLM().schedule(576, 32, Budget(keep=0.1)) == (Drop(3, 59), Drop(7, 27), Drop(16, 15))
+    # A 4-layer model: the fractions round to layers 1, 1, 2; the later count of a merged boundary wins; every
+    # stage keeps at most v - 1 (the code's cap): 16 tokens at keep 0.5 -> setting 192, k = 8: 12.5, 8.3, 4.6.
+    assert SparseVLM().schedule(16, 4, Budget(keep=0.5)) == (Drop(1, 8), Drop(2, 5))
+    assert SparseVLM(layers=(1, 2), counts=(1.0, 1.0)).schedule(4, 4, Budget()) == (Drop(1, 3), Drop(2, 2))
+    with pytest.raises(ConfigError, match="one fraction per boundary"):
+        SparseVLM(counts=(0.5,))
+    with pytest.raises(ConfigError, match="three-stage"):
+        SparseVLM(layers=(1, 2))
+
+
+def test_a_single_instruction_token_rates_alone() -> None:
+    # One instruction token: m = (1,), never above its mean; every instruction token rates (the code would have none).
+    embeds = written((1, 5, WIDTH), 0.5, 0.0)
+    visual = torch.tensor([[False, True, True, True, False]])
+    guide = SparseVLM().prepare(embeds, visual, torch.ones(1, 5, dtype=torch.bool))
+    assert guide.tolist() == [[False, False, False, False, True]]

@@ -135,28 +135,31 @@ class SparseVLM(LLMPruning):
         return raters
 
     def select(self, inputs: BoundaryInputs) -> torch.Tensor:
-        assert inputs.guide is not None
         keep = ~inputs.visual
-        instruction = trailing_text(inputs.visual, inputs.real)
-        groups = inputs.query.shape[1] // inputs.key.shape[1]
         for sample in range(keep.shape[0]):
             kept = int(inputs.kept[sample])
             if not 0 < kept < int(inputs.visual[sample].sum()):
                 continue
-            tokens = inputs.real[sample].nonzero().flatten()  # the keys the layer attended to
-            words = instruction[sample].nonzero().flatten()
-            query = inputs.query[sample][:, words].float()  # (H, T, d)
-            key = inputs.key[sample][:, tokens].float().repeat_interleave(groups, dim=0)  # (H, K, d)
-            logits = torch.matmul(query, key.transpose(1, 2)) * inputs.scaling  # (H, T, K)
-            future = tokens[None, :] > words[:, None]
-            attention = logits.masked_fill(future, -torch.inf).softmax(dim=-1).mean(dim=0)  # (T, K)
-            rows = inputs.guide[sample, words].bool()
-            columns = inputs.visual[sample, tokens]
-            relation = attention[rows][:, columns].mean(dim=0)
-            visual = tokens[columns]
+            visual, relation = self.relation(inputs, sample)
             best = torch.sort(relation, descending=True, stable=True).indices[:kept]
             keep[sample, visual[best]] = True
         return keep
+
+    def relation(self, inputs: BoundaryInputs, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample's visual positions and their scores: the raters' head-averaged attention, averaged over the
+        raters (the code's ``relation_vis_text``)."""
+        assert inputs.guide is not None, "SparseVLM.prepare chooses the raters before the first layer"
+        tokens = inputs.real[sample].nonzero().flatten()  # the keys the layer attended to
+        words = trailing_text(inputs.visual, inputs.real)[sample].nonzero().flatten()
+        groups = inputs.query.shape[1] // inputs.key.shape[1]
+        query = inputs.query[sample][:, words].float()  # (H, T, d)
+        key = inputs.key[sample][:, tokens].float().repeat_interleave(groups, dim=0)  # (H, K, d)
+        logits = torch.matmul(query, key.transpose(1, 2)) * inputs.scaling  # (H, T, K)
+        future = tokens[None, :] > words[:, None]
+        attention = logits.masked_fill(future, -torch.inf).softmax(dim=-1).mean(dim=0)  # (T, K)
+        rows = inputs.guide[sample, words].bool()
+        columns = inputs.visual[sample, tokens]
+        return tokens[columns], attention[rows][:, columns].mean(dim=0)
 
     def prepare_flops(self, text_config: PretrainedConfig, visual: int, trailing: int) -> int:
         return 2 * visual * trailing * int(text_config.get_text_config().hidden_size)

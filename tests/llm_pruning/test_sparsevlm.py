@@ -72,21 +72,24 @@ def test_sparsevlm_equals_the_official_algorithm_over_two_stages() -> None:
     for number, drop in enumerate(drops):
         query = written((1, HEADS, length, HEAD_DIM), 0.23 + number, 0.1)
         key = written((1, KV_HEADS, length, HEAD_DIM), 0.47 + number, 0.7)
-        expected = official_keep(official_scores(query, key, raters, START, v_num), drop.kept, v_num)
-        keep = method.select(
-            BoundaryInputs(
-                hidden=torch.zeros(1, length, WIDTH),
-                query=query,
-                key=key,
-                scaling=1 / math.sqrt(HEAD_DIM),
-                visual=visual,
-                real=real,
-                guide=guide,
-                kept=torch.tensor([drop.kept]),
-                number=number,
-                norm=lambda hidden: hidden,
-            )
-        )[0]
+        relation = official_scores(query, key, raters, START, v_num)
+        expected = official_keep(relation, drop.kept, v_num)
+        inputs = BoundaryInputs(
+            hidden=torch.zeros(1, length, WIDTH),
+            query=query,
+            key=key,
+            scaling=1 / math.sqrt(HEAD_DIM),
+            visual=visual,
+            real=real,
+            guide=guide,
+            kept=torch.tensor([drop.kept]),
+            number=number,
+            norm=lambda hidden: hidden,
+        )
+        positions, scores = method.relation(inputs, 0)
+        assert (positions - START).tolist() == list(range(v_num))
+        torch.testing.assert_close(scores, relation)
+        keep = method.select(inputs)[0]
         assert ((keep & visual[0]).nonzero().flatten() - START).tolist() == expected
         assert bool(keep[~visual[0]].all())
         # The next stage holds the survivors in prompt order, as the code's policy selection does.

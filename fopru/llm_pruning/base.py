@@ -3,8 +3,9 @@
 A second insertion point beside the pre-LLM pipeline (significance -> strategy -> reorder): in-LLM methods let the
 visual tokens that reached the language model through its first layers, then drop some of them at one or more
 *boundaries*. A boundary at layer ``b`` ranks the visual tokens by the attention the prompt's last token pays them
-in layer ``b - 1`` (heads averaged, softmax over all keys), and layers ``b, b + 1, ...`` (and their KV cache) only
-see the survivors. Methods here are pure tensor code: they get scores and masks, never a model.
+in layer ``b - 1`` (heads averaged, softmax over all keys), or, for methods with their own rule, by what they read
+of layer ``b - 1`` (:class:`BoundaryInputs`); layers ``b, b + 1, ...`` (and their KV cache) only see the survivors.
+Methods here are pure tensor code: they get scores and masks, never a model.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ the layers' forward code is copied; with no boundary the result equals the stock
 The ranking scores at a boundary come from :class:`LastQueryAttention`: like the vision tap
 (:mod:`fopru.models.tap`), it swaps one attention module's kernel for a function registered through transformers'
 AttentionInterface that runs the module's own kernel (SDPA, FlashAttention or eager) unchanged and, next to it,
-multiplies only the last query by the keys. No layer falls back to eager attention.
+multiplies only the last query by the keys. No layer falls back to eager attention. Methods with their own rule
+(DART, SparseVLM) get that layer's rotated queries and keys from :class:`QueryKeyProbe` (the same way) and its
+output, and choose the survivors themselves.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """In-LLM visual-token pruning (FastV, VTW, PyramidDrop, DART, SparseVLM): a second insertion point, inside the
 language model."""
 
-from fopru.llm_pruning.base import BoundaryInputs, Drop, LLMPruning, rank_visual
+from fopru.llm_pruning.base import BoundaryInputs, Drop, LLMPruning, Recycled, rank_visual
 from fopru.llm_pruning.dart import DART
 from fopru.llm_pruning.fastv import FastV
 from fopru.llm_pruning.none import NoLLMPruning
@@ -17,6 +17,7 @@ __all__ = [
     "LLMPruning",
     "NoLLMPruning",
     "PyramidDrop",
+    "Recycled",
     "SparseVLM",
     "VisualTokenWithdrawal",
     "rank_visual",

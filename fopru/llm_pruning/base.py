@@ -137,6 +137,16 @@ class BoundaryInputs:
     norm: Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Recycled:
+    """One sample's tokens added at a boundary (SparseVLM's recycling): their (R, D) states and the (R,) current
+    sequence positions whose RoPE positions they take (their cluster centres). They enter the sequence right after
+    the sample's last kept visual token and count as visual tokens from then on."""
+
+    states: torch.Tensor
+    centres: torch.Tensor
+
+
 def trailing_text(visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """(B, L) bool: the real non-visual positions after each sample's last visual token (the instruction)."""
     positions = torch.arange(visual.shape[1], device=visual.device)
@@ -169,6 +179,10 @@ class LLMPruning(ABC):
     def select(self, inputs: BoundaryInputs) -> torch.Tensor:
         """(B, L) bool keep mask at a boundary: every non-visual position and ``inputs.kept`` visual ones."""
         raise NotImplementedError(f"{type(self).__name__} ranks by the shared last-token attention")
+
+    def select_and_recycle(self, inputs: BoundaryInputs) -> tuple[torch.Tensor, list[Recycled] | None]:
+        """:meth:`select`, and per sample the tokens to add after the kept visual tokens (``None``: none)."""
+        return self.select(inputs), None
 
     def prepare_flops(self, text_config: PretrainedConfig, visual: int, trailing: int) -> int:
         """Products :meth:`prepare` spends on a sample with ``visual`` visual and ``trailing`` instruction tokens."""

@@ -7,10 +7,10 @@ pruning layers 2, 6, 15; ``LlamaDynamicvitFlashAttention2.forward``: the raters'
 ``llava/model/language_model/score.py`` (``attn_postprocess_topk`` and the per-layer counts); re-expressed here, no
 code copied.
 
-Not reproduced: token recycling (the code clusters the top 30% most rated deleted tokens with density-peak
-k-nearest-neighbour clustering, ``utils.py``'s ``cluster_and_merge``, into ``floor(m / 10) + 1`` averaged tokens
-placed after the kept visual tokens) and the code's renumbering of positions after each drop. The staged decoder
-keeps every survivor's original position and adds no token, so recycled tokens have no position to take.
+Token recycling follows ``utils.py``'s ``cluster_and_merge``. Not reproduced: the code's renumbering of positions
+after each drop (the staged decoder keeps every survivor's original position; a recycled token takes its cluster
+centre's) and the 1e-6 random noise the code adds to the densities to break ties (here equal densities stay
+equal, and the later choices among equals go to the lower index).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fopru.llm_pruning.base import (
     Drop,
     LayerSpec,
     LLMPruning,
+    Recycled,
     check_keep,
     check_layer_spec,
     final_count,
@@ -62,6 +63,15 @@ class SparseVLM(LLMPruning):
     LLaVA-1.5's 576 tokens at k = 64, 128 or 192 get the code's counts exactly. ``counts`` set: the fraction of
     the n visual tokens kept after each boundary.
 
+    Recycling (``recycle: true``, the code's default): of the d visual tokens a boundary deletes, the
+    ``m = floor(0.3 d) + 1`` best scored are clustered (:func:`cluster_and_merge`) into ``floor(m / 10) + 1`` tokens,
+    each the average of its cluster's states (layer b - 1's output), placed after the kept visual tokens; they are
+    visual tokens of the next stages (later boundaries score them, may delete and recycle them again), so each
+    layer holds ``kept + recycled`` visual tokens (:meth:`visual_per_layer`). A boundary that keeps all or none
+    of a sample's visual tokens recycles none (the code would recycle a lone deleted token into itself).
+    Clustering distances and merges are elementwise (no matrix products), so recycling adds FLOPs only through
+    the recycled tokens' layers.
+
     Raters' products are formed for every instruction token (``2 n T D`` FLOPs, then the attention rows of all T
     against the layer's keys), so that the FLOPs do not depend on how many rate.
     """
@@ -73,6 +83,7 @@ class SparseVLM(LLMPruning):
         layers: Sequence[LayerSpec] = (0.09375, 0.21875, 0.5),
         counts: Sequence[float] | None = None,
         keep: float | None = None,
+        recycle: bool = True,
     ) -> None:
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
             raise ConfigError(f"llm_pruning.layers must be a non-empty list of layers, got {layers!r}")
@@ -90,6 +101,9 @@ class SparseVLM(LLMPruning):
             )
         self.counts: tuple[float, ...] | None = None if counts is None else tuple(float(c) for c in counts)
         self.keep = check_keep("llm_pruning.keep", keep)
+        if not isinstance(recycle, bool):
+            raise ConfigError(f"llm_pruning.recycle must be true or false, got {recycle!r}")
+        self.recycle = recycle
 
     def targets(self, visual: int, budget: Budget) -> tuple[int, ...]:
         """The count kept after each configured boundary, before the code's ``v - 1`` cap."""
@@ -116,9 +130,26 @@ class SparseVLM(LLMPruning):
         drops = []
         left = visual
         for layer, count in merged:
-            left = max(0, min(count, left - 1)) if left else 0
-            drops.append(Drop(layer, left))
+            kept = max(0, min(count, left - 1)) if left else 0
+            drops.append(Drop(layer, kept))
+            left = kept + self.recycled(left, kept)
         return tuple(drops)
+
+    def recycled(self, before: int, kept: int) -> int:
+        """Tokens a boundary recycles when ``kept`` of ``before`` visual tokens survive (0 without recycling, or
+        where no rule chooses: all kept or none)."""
+        if not self.recycle or not 0 < kept < before:
+            return 0
+        return (math.floor(0.3 * (before - kept)) + 1) // 10 + 1
+
+    def visual_per_layer(self, visual: int, depth: int, budget: Budget) -> tuple[int, ...]:
+        counts = [visual] * depth
+        before = visual
+        for drop in self.schedule(visual, depth, budget):
+            held = drop.kept + self.recycled(before, drop.kept)
+            counts[drop.layer :] = [held] * (depth - drop.layer)
+            before = held
+        return tuple(counts)
 
     def prepare(self, inputs_embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: the raters."""
@@ -135,15 +166,30 @@ class SparseVLM(LLMPruning):
         return raters
 
     def select(self, inputs: BoundaryInputs) -> torch.Tensor:
+        return self.select_and_recycle(inputs)[0]
+
+    def select_and_recycle(self, inputs: BoundaryInputs) -> tuple[torch.Tensor, list[Recycled] | None]:
+        """The keep mask and, per sample, the recycled tokens (``None`` without recycling; none where no rule
+        chose)."""
         keep = ~inputs.visual
+        recycled: list[Recycled] = []
         for sample in range(keep.shape[0]):
             kept = int(inputs.kept[sample])
+            empty = Recycled(inputs.hidden.new_zeros((0, inputs.hidden.shape[-1])), inputs.visual.new_zeros(0).long())
             if not 0 < kept < int(inputs.visual[sample].sum()):
+                recycled.append(empty)
                 continue
             visual, relation = self.relation(inputs, sample)
-            best = torch.sort(relation, descending=True, stable=True).indices[:kept]
-            keep[sample, visual[best]] = True
-        return keep
+            order = torch.sort(relation, descending=True, stable=True).indices
+            keep[sample, visual[order[:kept]]] = True
+            if not self.recycle:
+                continue
+            deleted = order[kept:]  # by descending score, as the code's topk hands them to the clustering
+            chosen = deleted[: math.floor(0.3 * deleted.numel()) + 1]
+            states = inputs.hidden[sample, visual[chosen]]
+            merged, centres = cluster_and_merge(states, chosen.numel() // 10 + 1)
+            recycled.append(Recycled(merged, visual[chosen[centres]]))
+        return keep, recycled if self.recycle else None
 
     def relation(self, inputs: BoundaryInputs, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample's visual positions and their scores: the raters' head-averaged attention, averaged over the
@@ -166,3 +212,30 @@ class SparseVLM(LLMPruning):
 
     def boundary_flops(self, text_config: PretrainedConfig, number: int, keys: int, visual: int, trailing: int) -> int:
         return trailing * ranking_flops(text_config, keys)
+
+
+def cluster_and_merge(states: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering with k nearest neighbours of (m, D) states into ``clusters`` averaged tokens, as the
+    code's ``cluster_and_merge``: (clusters, D) merged states (cluster c the one of the c-th best centre) and the
+    (clusters,) row of each centre.
+
+    Distances ``||x_i - x_j|| / sqrt(D)``; density ``exp(-mean of the squared distances to the k = clusters
+    nearest, itself included)``; each token's distance to the nearest denser token (the largest distance for the
+    densest); centres: the ``clusters`` largest ``distance x density``; every token joins its nearest centre (ties
+    to the better centre), each centre its own cluster; a merged token is its cluster's sum over (size + 1e-6).
+    """
+    count, width = states.shape
+    values = states.float()
+    distance = (values[:, None, :] - values[None, :, :]).norm(dim=-1) / width**0.5  # (m, m)
+    nearest = torch.sort(distance, dim=1).values[:, :clusters]
+    density = torch.exp(-nearest.square().mean(dim=1))
+    denser = density[None, :] > density[:, None]  # denser[i, j]: j is denser than i (equal: neither)
+    parent = torch.where(denser, distance, distance.max()).amin(dim=1)
+    centres = torch.sort(parent * density, descending=True, stable=True).indices[:clusters]
+    assignment = distance[centres].argmin(dim=0)  # (m,): the first nearest centre
+    assignment[centres] = torch.arange(clusters, device=states.device)
+    sizes = torch.zeros(clusters, device=states.device).index_add_(
+        0, assignment, torch.ones(count, device=states.device)
+    )
+    merged = torch.zeros(clusters, width, device=states.device).index_add_(0, assignment, values)
+    return (merged / (sizes[:, None] + 1e-6)).to(states.dtype), centres

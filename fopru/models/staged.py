@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from fopru.errors import ConfigError
-from fopru.llm_pruning.base import BoundaryInputs, Drop, LLMPruning, rank_visual
+from fopru.llm_pruning.base import BoundaryInputs, Drop, LLMPruning, Recycled, rank_visual
 from fopru.models.tap import AttentionProbe
 
 
@@ -103,6 +103,54 @@ class Segment:
     stop: int
     attention_mask: torch.Tensor
     prompt_index: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The left-padded sequence between two segments: (B, L, D) states, (P, B, L) positions, (B, L) masks of the
+    present and the visual tokens, the method's guide and each token's prompt index (-1 where none)."""
+
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    present: torch.Tensor
+    visual: torch.Tensor
+    guide: torch.Tensor | None
+    prompt_index: torch.Tensor
+
+    def with_recycled(self, recycled: Sequence[Recycled], centre_positions: Sequence[torch.Tensor]) -> _Stream:
+        """The stream with each sample's recycled tokens right after its last present visual token (visual, no
+        prompt index, at their centres' positions), left-padded again."""
+        batch, length, width = self.hidden.shape
+        most = max(len(part.centres) for part in recycled)
+        extra = self.hidden.new_zeros((batch, most, width))
+        extra_positions = self.positions.new_zeros((self.positions.shape[0], batch, most))
+        rows = []
+        for sample, part in enumerate(recycled):
+            count = len(part.centres)
+            extra[sample, :count] = part.states.to(self.hidden.dtype)
+            extra_positions[:, sample, :count] = centre_positions[sample]
+            present = self.present[sample].nonzero().flatten()
+            visual = (self.visual[sample] & self.present[sample]).nonzero().flatten()
+            split = int(visual.max()) + 1 if visual.numel() else length
+            added = torch.arange(length, length + count, device=present.device)
+            rows.append(torch.cat([present[present < split], added, present[present >= split]]))
+        total = max(len(row) for row in rows)
+        index = torch.zeros((batch, total), dtype=torch.long, device=self.hidden.device)
+        present = torch.zeros((batch, total), dtype=torch.bool, device=self.hidden.device)
+        for sample, row in enumerate(rows):
+            index[sample, total - len(row) :] = row
+            present[sample, total - len(row) :] = True
+        hidden = torch.cat([self.hidden, extra], dim=1).gather(1, index[..., None].expand(-1, -1, width))
+        positions = torch.cat([self.positions, extra_positions], dim=2)
+        positions = positions.gather(2, index[None].expand(positions.shape[0], -1, -1))
+        ones = self.visual.new_ones((batch, most))
+        visual = torch.cat([self.visual, ones], dim=1).gather(1, index) & present
+        guide = None
+        if self.guide is not None:
+            guide = torch.cat([self.guide, self.guide.new_zeros((batch, most))], dim=1).gather(1, index) & present
+        prompt_index = torch.cat([self.prompt_index, self.prompt_index.new_full((batch, most), -1)], dim=1)
+        prompt_index = prompt_index.gather(1, index).masked_fill(~present, -1)
+        return _Stream(hidden, positions, present, visual, guide, prompt_index)
 
 
 @dataclass(frozen=True)
@@ -211,6 +259,7 @@ class StagedDecoder:
             hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
             ranked = (kept > 0) & (kept < visual.sum(dim=1))  # some but not all survive: a rule must choose
             ranks = bool(ranked.any())
+            recycled: list[Recycled] | None = None
             if ranks and own_rule:
                 assert method is not None
                 with QueryKeyProbe(self.layers[layer - 1].get_submodule("self_attn")) as recorder:
@@ -230,7 +279,8 @@ class StagedDecoder:
                 )
                 # Samples keeping all or none of their visual tokens need no rule (the method may skip them).
                 trivial = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
-                keep = torch.where(ranked[:, None], method.select(state), trivial)
+                chosen, recycled = method.select_and_recycle(state)
+                keep = torch.where(ranked[:, None], chosen, trivial)
             elif ranks:
                 with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
                     hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
@@ -240,6 +290,9 @@ class StagedDecoder:
                 hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
                 keep = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
             keep = keep & segment.attention_mask.bool()
+            centre_positions = None
+            if recycled is not None:
+                centre_positions = [positions[:, sample, part.centres] for sample, part in enumerate(recycled)]
             order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, -int(keep.sum(dim=1).max()) :]
             segments.append(segment)
             hidden = hidden.gather(1, order[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -248,12 +301,13 @@ class StagedDecoder:
             visual = visual.gather(1, order) & survived
             if guide is not None:
                 guide = guide.gather(1, order)
-            segment = Segment(
-                layer,
-                self.depth,
-                survived.to(attention_mask.dtype),
-                segment.prompt_index.gather(1, order).masked_fill(~survived, -1),
-            )
+            prompt_index = segment.prompt_index.gather(1, order).masked_fill(~survived, -1)
+            if recycled is not None and centre_positions is not None and any(len(part.centres) for part in recycled):
+                stream = _Stream(hidden, positions, survived, visual, guide, prompt_index)
+                stream = stream.with_recycled(recycled, centre_positions)
+                hidden, positions, survived, visual = stream.hidden, stream.positions, stream.present, stream.visual
+                guide, prompt_index = stream.guide, stream.prompt_index
+            segment = Segment(layer, self.depth, survived.to(attention_mask.dtype), prompt_index)
         rotary = self._rotary(hidden, positions)
         hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
         segments.append(segment)

@@ -49,8 +49,9 @@ METHODS: list[LLMPruning] = [
     VisualTokenWithdrawal(layer=2),
     PyramidDrop(layers=(1, 2, 3), keep=0.125),
     DART(layer=2, keep=0.5),
-    SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2)),
+    SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2), recycle=False),  # the masked reference adds no token
 ]
+RECYCLING = SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2))
 NEW_TOKENS = 5
 
 
@@ -262,7 +263,9 @@ def test_fastv_drops_the_visual_tokens_the_last_token_attends_least(family: tupl
 
 
 @pytest.mark.parametrize(
-    "method", [METHODS[0], METHODS[2], METHODS[3], METHODS[4], METHODS[5]], ids=lambda method: type(method).__name__
+    "method",
+    [METHODS[0], METHODS[2], METHODS[3], METHODS[4], METHODS[5], RECYCLING],
+    ids=["fastv", "vtw", "pyramid_drop", "dart", "sparsevlm", "sparsevlm-recycling"],
 )
 def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, TargetModel], method: LLMPruning) -> None:
     name, adapter = family
@@ -346,3 +349,28 @@ def test_dart_pivots_come_from_the_stock_layers_keys_and_states(family: tuple[st
         present = generation.survivors[0][sample] & inputs.visual_mask[sample]  # type: ignore[index]
         assert torch.equal(present.nonzero().flatten(), expected)
         assert expected.numel() == drop.kept
+
+
+@torch.no_grad()
+def test_sparsevlm_recycling_batched_equals_each_sample_alone(family: tuple[str, TargetModel]) -> None:
+    """With recycled tokens inserted after the kept visual tokens (left-padded, per-sample counts), every layer's
+    cache holds text + kept + recycled tokens, and the batch decodes what each sample decodes alone."""
+    name, adapter = family
+    pipeline = pipeline_with(RECYCLING)
+    together = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
+    inputs = together.inputs
+    per_layer = [RECYCLING.visual_per_layer(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens]
+    drops = [RECYCLING.schedule(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens]
+    assert any(held > drop.kept for held, drop in zip(per_layer[0][1:], drops[0], strict=False))  # some recycled
+    texts = inputs.text_tokens.tolist()
+    assert together.layer_cache_lengths == tuple(
+        max(texts[sample] + per_layer[sample][layer] for sample in range(2)) for layer in range(DEPTH)
+    )
+    for sample in range(2):
+        alone = adapter.generate(batch_of(name, adapter, [sample]), pipeline, max_new_tokens=NEW_TOKENS)
+        assert alone.layer_cache_lengths == tuple(texts[sample] + count for count in per_layer[sample])
+        length = alone.tokens.shape[1]
+        assert torch.equal(together.tokens[sample, :length], alone.tokens[0])
+        for present, single in zip(together.survivors, alone.survivors, strict=True):
+            width = single.shape[1]
+            assert torch.equal(present[sample, -width:], single[0])

@@ -17,12 +17,21 @@ from transformers import DynamicCache
 
 from fopru.components import CONFIG_DIR, choices, load
 from fopru.efficiency import counted_flops
-from fopru.llm_pruning import DART, FastV, LLMPruning, NoLLMPruning, PyramidDrop, SparseVLM, VisualTokenWithdrawal
+from fopru.llm_pruning import (
+    DART,
+    FastV,
+    LLMPruning,
+    NoLLMPruning,
+    PyramidDrop,
+    Recycled,
+    SparseVLM,
+    VisualTokenWithdrawal,
+)
 from fopru.models.base import Generation, LanguageInputs, TargetModel
 from fopru.models.llava import LlavaAdapter
 from fopru.models.llava_next import LlavaNextAdapter
 from fopru.models.qwen2_vl import IMAGE_PROMPT, Qwen2VLAdapter
-from fopru.models.staged import LastQueryAttention
+from fopru.models.staged import LastQueryAttention, _Stream
 from fopru.pipeline import PruningPipeline
 from tests.models.conftest import make_image, make_pipeline
 
@@ -374,3 +383,24 @@ def test_sparsevlm_recycling_batched_equals_each_sample_alone(family: tuple[str,
         for present, single in zip(together.survivors, alone.survivors, strict=True):
             width = single.shape[1]
             assert torch.equal(present[sample, -width:], single[0])
+
+
+def test_recycled_tokens_enter_after_each_samples_last_visual_token() -> None:
+    """Two left-padded samples (t text, v visual, . padding): [. t v v t] gets 2 recycled tokens r, s after its last
+    visual token, [t v t t t] one; each takes its centre's position, counts as visual, has no prompt index."""
+    present = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
+    visual = torch.tensor([[False, False, True, True, False], [False, True, False, False, False]])
+    hidden = torch.arange(10.0).reshape(2, 5, 1)
+    positions = torch.tensor([[[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]])
+    stream = _Stream(hidden, positions, present, visual, visual & False, torch.arange(10).reshape(2, 5))
+    recycled = [
+        Recycled(torch.tensor([[-1.0], [-2.0]]), torch.tensor([2, 3])),
+        Recycled(torch.tensor([[-3.0]]), torch.tensor([1])),
+    ]
+    out = stream.with_recycled(recycled, [torch.tensor([[1, 2]]), torch.tensor([[1]])])
+    assert out.hidden[..., 0].tolist() == [[1.0, 2.0, 3.0, -1.0, -2.0, 4.0], [5.0, 6.0, -3.0, 7.0, 8.0, 9.0]]
+    assert out.positions.tolist() == [[[0, 1, 2, 1, 2, 3], [0, 1, 1, 2, 3, 4]]]
+    assert out.present.all()
+    assert out.visual.tolist() == [[False, True, True, True, True, False], [False, True, True, False, False, False]]
+    assert out.prompt_index.tolist() == [[1, 2, 3, -1, -1, 4], [5, 6, -1, 7, 8, 9]]
+    assert out.guide is not None and not bool(out.guide.any())

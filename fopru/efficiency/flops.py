@@ -455,6 +455,7 @@ def with_layer_tokens(
     ranking_keys: Sequence[int] = (),
     logits_to_keep: int = 1,
     ranking_projections: bool = False,
+    method_flops: int = 0,
 ) -> FlopsBreakdown:
     """``breakdown`` with the language model's prefill and decode recounted for per-layer visual tokens.
 
@@ -467,13 +468,14 @@ def with_layer_tokens(
         logits_to_keep: as for :func:`prefill_flops`.
         ranking_projections: the ranking projects the current hidden states with the next layer's q, k and v
             (:func:`ranking_projection_flops`, PyramidDrop) instead of reading a layer's own attention.
+        method_flops: products a method with its own selection rule spent (added to ``pruning`` too).
 
     Also fills ``visual_tokens_mean`` and ``visual_tokens_equivalent``. With equal counts everywhere and no
     ranking, the FLOPs are unchanged.
     """
     shape = _DecoderShape.from_config(text_config)
     prompt = [text_tokens + visual for visual in visual_per_layer]
-    ranking = sum(ranking_flops(text_config, keys) for keys in ranking_keys)
+    ranking = method_flops + sum(ranking_flops(text_config, keys) for keys in ranking_keys)
     if ranking_projections:
         ranking += sum(ranking_projection_flops(text_config, keys) for keys in ranking_keys)
     return replace(

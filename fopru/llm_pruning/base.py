@@ -4,20 +4,23 @@ A second insertion point beside the pre-LLM pipeline (significance -> strategy -
 visual tokens that reached the language model through its first layers, then drop some of them at one or more
 *boundaries*. A boundary at layer ``b`` ranks the visual tokens by the attention the prompt's last token pays them
 (heads averaged, softmax over all keys) in layer ``b - 1`` (``ranking=own``) or, scored with layer ``b``'s own
-projections of the hidden states entering it (``ranking=next``), and layers ``b, b + 1, ...`` (and their KV cache)
-only see the survivors. Methods here are pure tensor code: they get scores and masks, never a model.
+projections of the hidden states entering it (``ranking=next``), or, for methods with their own rule, by what they
+read of layer ``b - 1`` (:class:`BoundaryInputs`); layers ``b, b + 1, ...`` (and their KV cache) only see the
+survivors. Methods here are pure tensor code: they get scores and masks, never a model.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from transformers import PretrainedConfig
 
+from fopru.efficiency.flops import ranking_flops, ranking_projection_flops
 from fopru.errors import ConfigError
 from fopru.layout import Budget
 
@@ -110,12 +113,62 @@ Ranking = Literal["own", "next"]
 RANKINGS: tuple[str, ...] = ("own", "next")
 
 
+@dataclass(frozen=True)
+class BoundaryInputs:
+    """What a method with its own selection (:attr:`LLMPruning.selects`) reads at a boundary, for B samples whose
+    current sequence has L positions (left-padded).
+
+    Attributes:
+        hidden: (B, L, D) the output of layer ``layer - 1``, the stream that enters the boundary.
+        query: (B, H, L, d) layer ``layer - 1``'s queries, rotated (the prefill's; no earlier cache).
+        key: (B, K, L, d) its keys, rotated, not repeated over GQA groups.
+        scaling: the attention's softmax scale.
+        visual: (B, L) bool, the visual positions still in the sequence.
+        real: (B, L) bool, False on padding.
+        guide: (B, L) what :meth:`LLMPruning.prepare` returned, gathered along with the sequence, or ``None``.
+        kept: (B,) int64, visual tokens each sample keeps here (the schedule's count, at most its visual count).
+        number: the boundary's index in the schedule.
+        norm: the language model's final norm (some methods compare normalised states).
+    """
+
+    hidden: torch.Tensor
+    query: torch.Tensor
+    key: torch.Tensor
+    scaling: float
+    visual: torch.Tensor
+    real: torch.Tensor
+    guide: torch.Tensor | None
+    kept: torch.Tensor
+    number: int
+    norm: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Recycled:
+    """One sample's tokens added at a boundary (SparseVLM's recycling): their (R, D) states and the (R,) current
+    sequence positions whose RoPE positions they take (their cluster centres). They enter the sequence right after
+    the sample's last kept visual token and count as visual tokens from then on."""
+
+    states: torch.Tensor
+    centres: torch.Tensor
+
+
+def trailing_text(visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the real non-visual positions after each sample's last visual token (the instruction)."""
+    positions = torch.arange(visual.shape[1], device=visual.device)
+    last = torch.where(visual, positions, -1).amax(dim=1, keepdim=True)
+    return real & ~visual & (positions > last)
+
+
 class LLMPruning(ABC):
     """An in-LLM pruning method: a schedule of boundaries and how many visual tokens survive each.
 
-    Subclasses implement :meth:`schedule`. Ranking is shared (:func:`rank_visual` on the last token's attention),
-    so a method is fully described by its boundaries and counts; the counts depend only on the number of visual
-    tokens that reached the language model, which keeps FLOPs accounting analytic.
+    Subclasses implement :meth:`schedule`. By default ranking is shared (:func:`rank_visual` on the last token's
+    attention), so a method is fully described by its boundaries and counts; the counts depend only on the number
+    of visual tokens that reached the language model, which keeps FLOPs accounting analytic.
+    A method with its own rule (``selects = True``) implements :meth:`select` (and, if it reads the prompt's
+    input embeddings, :meth:`prepare`), and states the products it spends in :meth:`boundary_flops` /
+    :meth:`prepare_flops`; it keeps exactly the schedule's count.
     Constructor arguments are config-time numbers only.
     """
 
@@ -127,6 +180,35 @@ class LLMPruning(ABC):
     #: Whether 1-D positions are renumbered 0..L-1 over the survivors after each boundary, decode positions shifted
     #: down by the tokens dropped before each layer (PyramidDrop); M-RoPE positions are never renumbered.
     renumber: bool = False
+    #: True for methods with their own selection rule (:meth:`select`) instead of the last token's attention.
+    selects: bool = False
+
+    def prepare(self, inputs_embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor | None:
+        """A (B, L) tensor computed once from the prompt's (B, L, D) input embeddings, before the first layer, and
+        handed to every boundary as :attr:`BoundaryInputs.guide`; ``None`` (the default) when not needed."""
+        return None
+
+    def select(self, inputs: BoundaryInputs) -> torch.Tensor:
+        """(B, L) bool keep mask at a boundary: every non-visual position and ``inputs.kept`` visual ones."""
+        raise NotImplementedError(f"{type(self).__name__} ranks by the shared last-token attention")
+
+    def select_and_recycle(self, inputs: BoundaryInputs) -> tuple[torch.Tensor, list[Recycled] | None]:
+        """:meth:`select`, and per sample the tokens to add after the kept visual tokens (``None``: none)."""
+        return self.select(inputs), None
+
+    def prepare_flops(self, text_config: PretrainedConfig, visual: int, trailing: int) -> int:
+        """Products :meth:`prepare` spends on a sample with ``visual`` visual and ``trailing`` instruction tokens."""
+        return 0
+
+    def boundary_flops(self, text_config: PretrainedConfig, number: int, keys: int, visual: int, trailing: int) -> int:
+        """Products the ranking at boundary ``number`` spends on a sample whose layer before it holds ``keys`` prompt
+        tokens, ``visual`` of them visual and ``trailing`` instruction tokens after the image. Default: the last
+        query against every key (:func:`fopru.efficiency.flops.ranking_flops`), plus the next layer's q, k and v
+        projections of the current hidden states where the ranking uses them (``ranking=next``)."""
+        flops = ranking_flops(text_config, keys)
+        if self.ranking == "next":
+            flops += ranking_projection_flops(text_config, keys)
+        return flops
 
     @abstractmethod
     def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:

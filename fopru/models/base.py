@@ -23,6 +23,7 @@ from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
 from fopru.eval.timing import PhaseTimer
 from fopru.layout import VisualLayout
+from fopru.llm_pruning.base import trailing_text
 from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
@@ -349,19 +350,22 @@ class TargetModel(ABC):
         method = pipeline.llm_pruning
         config = self.model.config
         depth = int(config.get_text_config().num_hidden_layers)
+        text_config = config.get_text_config()
+        trailing = [0] * len(breakdowns)
+        if method.selects and inputs.visual_mask is not None:
+            trailing = trailing_text(inputs.visual_mask, inputs.attention_mask.bool()).sum(dim=1).tolist()
         result = []
         for sample, breakdown in enumerate(breakdowns):
             visual, text = int(inputs.visual_tokens[sample]), int(inputs.text_tokens[sample])
             per_layer = method.visual_per_layer(visual, depth, pipeline.budget)
-            ranking = []
-            for drop in method.schedule(visual, depth, pipeline.budget):
+            ranking = 0
+            if method.selects and visual:
+                ranking += method.prepare_flops(text_config, visual, trailing[sample])
+            for number, drop in enumerate(method.schedule(visual, depth, pipeline.budget)):
                 before = per_layer[drop.layer - 1]
                 if 0 < min(drop.kept, before) < before:  # the generation ranks only when some but not all survive
-                    ranking.append(text + before)
-            projections = method.ranking == "next"
-            result.append(
-                with_layer_tokens(breakdown, config, per_layer, text, ranking, ranking_projections=projections)
-            )
+                    ranking += method.boundary_flops(text_config, number, text + before, before, trailing[sample])
+            result.append(with_layer_tokens(breakdown, config, per_layer, text, method_flops=ranking))
         return result
 
     # -- shared --------------------------------------------------------------------------------------------
@@ -497,6 +501,7 @@ class TargetModel(ABC):
                         cache,
                         ranking=pipeline.llm_pruning.ranking,
                         renumber=pipeline.llm_pruning.renumber,
+                        method=pipeline.llm_pruning,
                     )
             prompt_cache_length = cache.get_seq_length()
             layer_cache_lengths = tuple(cache.get_seq_length(layer) for layer in range(len(cache.layers)))

@@ -10,7 +10,9 @@ the layers' forward code is copied; with no boundary the result equals the stock
 The ranking scores at a boundary come from :class:`LastQueryAttention`: like the vision tap
 (:mod:`fopru.models.tap`), it swaps one attention module's kernel for a function registered through transformers'
 AttentionInterface that runs the module's own kernel (SDPA, FlashAttention or eager) unchanged and, next to it,
-multiplies only the last query by the keys. No layer falls back to eager attention.
+multiplies only the last query by the keys. No layer falls back to eager attention. Methods with their own rule
+(DART, SparseVLM) get that layer's rotated queries and keys from :class:`QueryKeyProbe` (the same way) and its
+output, and choose the survivors themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from fopru.errors import ConfigError
-from fopru.llm_pruning.base import RANKINGS, Drop, Ranking, rank_visual
+from fopru.llm_pruning.base import RANKINGS, BoundaryInputs, Drop, LLMPruning, Ranking, Recycled, rank_visual
 from fopru.models.tap import AttentionProbe, ProbeRecorded
 
 
@@ -87,6 +89,28 @@ class NextLayerScores(LastQueryAttention):
         return self.rows
 
 
+class QueryKeyProbe(AttentionProbe):
+    """Context manager keeping one attention call's rotated (B, H, L, d) queries, (B, K, L, d) keys and scale, for
+    methods with their own selection rule (:attr:`~fopru.llm_pruning.base.LLMPruning.selects`)."""
+
+    implementation = "fopru_query_key"
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__(attention)
+        self.query: torch.Tensor | None = None
+        self.key: torch.Tensor | None = None
+        self.scaling = 1.0
+
+    def reset(self) -> None:
+        self.query = self.key = None
+
+    def record(
+        self, query: torch.Tensor, key: torch.Tensor, scaling: float | None, attention_mask: torch.Tensor | None
+    ) -> None:
+        self.query, self.key = query.detach(), key.detach()
+        self.scaling = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+
+
 @dataclass
 class Segment:
     """Consecutive layers ``start <= i < stop`` that hold the same tokens.
@@ -104,6 +128,54 @@ class Segment:
     attention_mask: torch.Tensor
     prompt_index: torch.Tensor
     shift: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The left-padded sequence between two segments: (B, L, D) states, (P, B, L) positions, (B, L) masks of the
+    present and the visual tokens, the method's guide and each token's prompt index (-1 where none)."""
+
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    present: torch.Tensor
+    visual: torch.Tensor
+    guide: torch.Tensor | None
+    prompt_index: torch.Tensor
+
+    def with_recycled(self, recycled: Sequence[Recycled], centre_positions: Sequence[torch.Tensor]) -> _Stream:
+        """The stream with each sample's recycled tokens right after its last present visual token (visual, no
+        prompt index, at their centres' positions), left-padded again."""
+        batch, length, width = self.hidden.shape
+        most = max(len(part.centres) for part in recycled)
+        extra = self.hidden.new_zeros((batch, most, width))
+        extra_positions = self.positions.new_zeros((self.positions.shape[0], batch, most))
+        rows = []
+        for sample, part in enumerate(recycled):
+            count = len(part.centres)
+            extra[sample, :count] = part.states.to(self.hidden.dtype)
+            extra_positions[:, sample, :count] = centre_positions[sample]
+            present = self.present[sample].nonzero().flatten()
+            visual = (self.visual[sample] & self.present[sample]).nonzero().flatten()
+            split = int(visual.max()) + 1 if visual.numel() else length
+            added = torch.arange(length, length + count, device=present.device)
+            rows.append(torch.cat([present[present < split], added, present[present >= split]]))
+        total = max(len(row) for row in rows)
+        index = torch.zeros((batch, total), dtype=torch.long, device=self.hidden.device)
+        present = torch.zeros((batch, total), dtype=torch.bool, device=self.hidden.device)
+        for sample, row in enumerate(rows):
+            index[sample, total - len(row) :] = row
+            present[sample, total - len(row) :] = True
+        hidden = torch.cat([self.hidden, extra], dim=1).gather(1, index[..., None].expand(-1, -1, width))
+        positions = torch.cat([self.positions, extra_positions], dim=2)
+        positions = positions.gather(2, index[None].expand(positions.shape[0], -1, -1))
+        ones = self.visual.new_ones((batch, most))
+        visual = torch.cat([self.visual, ones], dim=1).gather(1, index) & present
+        guide = None
+        if self.guide is not None:
+            guide = torch.cat([self.guide, self.guide.new_zeros((batch, most))], dim=1).gather(1, index) & present
+        prompt_index = torch.cat([self.prompt_index, self.prompt_index.new_full((batch, most), -1)], dim=1)
+        prompt_index = prompt_index.gather(1, index).masked_fill(~present, -1)
+        return _Stream(hidden, positions, present, visual, guide, prompt_index)
 
 
 @dataclass(frozen=True)
@@ -176,6 +248,7 @@ class StagedDecoder:
         cache: DynamicCache,
         ranking: Ranking = "own",
         renumber: bool = False,
+        method: LLMPruning | None = None,
     ) -> tuple[torch.Tensor, list[Segment]]:
         """Run the prompt, dropping visual tokens at every boundary; returns last-position logits and segments.
 
@@ -191,6 +264,8 @@ class StagedDecoder:
                 (:class:`NextLayerScores`).
             renumber: after every boundary, 1-D positions become 0..L'-1 over the survivors (left padding kept at
                 0) and later decode steps shift down by the tokens dropped (``Segment.shift``); ignored for M-RoPE.
+            method: the in-LLM method; one with its own selection rule (``selects``) chooses the survivors from
+                layer ``b - 1``'s output, queries and keys, else the last token's attention ranks them.
         """
         if ranking not in RANKINGS:
             raise ConfigError(f"ranking={ranking!r} is not one of {list(RANKINGS)}")
@@ -205,6 +280,8 @@ class StagedDecoder:
         index = torch.arange(attention_mask.shape[1], device=device).expand(batch, -1).masked_fill(~real, -1)
         segment = Segment(0, self.depth, attention_mask, index)
         visual = visual_mask & real
+        own_rule = method is not None and method.selects
+        guide = method.prepare(inputs_embeds, visual, real) if method is not None and own_rule else None
         hidden, positions = inputs_embeds, position_ids
         segments: list[Segment] = []
         for number, layer in enumerate(boundaries):
@@ -214,16 +291,37 @@ class StagedDecoder:
             rotary = self._rotary(hidden, positions)
             mask = segment.attention_mask
             hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
-            ranks = bool(((kept > 0) & (kept < visual.sum(dim=1))).any())
-            scores = torch.zeros(visual.shape, device=device)  # every visual token kept, or all withdrawn
-            if ranks and ranking == "own":
+            ranked = (kept > 0) & (kept < visual.sum(dim=1))  # some but not all survive: a rule must choose
+            ranks = bool(ranked.any())
+            recycled: list[Recycled] | None = None
+            if ranks and own_rule:
+                assert method is not None
+                with QueryKeyProbe(self.layers[layer - 1].get_submodule("self_attn")) as recorder:
+                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                assert recorder.query is not None and recorder.key is not None
+                state = BoundaryInputs(
+                    hidden=hidden,
+                    query=recorder.query,
+                    key=recorder.key,
+                    scaling=recorder.scaling,
+                    visual=visual,
+                    real=mask.bool(),
+                    guide=guide,
+                    kept=kept,
+                    number=number,
+                    norm=self.decoder.norm,
+                )
+                # Samples keeping all or none of their visual tokens need no rule (the method may skip them).
+                trivial = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
+                chosen, recycled = method.select_and_recycle(state)
+                keep = torch.where(ranked[:, None], chosen, trivial)
+            elif ranks and ranking == "own":
                 with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
                     hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
                 assert probe.rows is not None
-                scores = probe.rows
-            else:
+                keep = rank_visual(probe.rows, visual, kept)
+            elif ranks:  # ranking == "next"
                 hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
-            if ranks and ranking == "next":
                 next_mask = create_causal_mask(
                     config=self.decoder.config,
                     inputs_embeds=hidden,
@@ -232,8 +330,14 @@ class StagedDecoder:
                     layer_idx=layer,
                 )
                 probe_next = NextLayerScores(self.layers[layer].get_submodule("self_attn"))
-                scores = probe_next.score(self.layers[layer], hidden, next_mask, rotary)
-            keep = rank_visual(scores, visual, kept) & segment.attention_mask.bool()
+                keep = rank_visual(probe_next.score(self.layers[layer], hidden, next_mask, rotary), visual, kept)
+            else:  # every visual token kept, or all withdrawn: no ranking needed
+                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                keep = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
+            keep = keep & segment.attention_mask.bool()
+            centre_positions = None
+            if recycled is not None:
+                centre_positions = [positions[:, sample, part.centres] for sample, part in enumerate(recycled)]
             order = torch.sort(keep.to(torch.int8), dim=1, stable=True).indices[:, -int(keep.sum(dim=1).max()) :]
             segments.append(segment)
             hidden = hidden.gather(1, order[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -245,13 +349,15 @@ class StagedDecoder:
                 # The next decode position in the given numbering, against the survivors' count.
                 shift = position_ids[0, :, -1] + 1 - survived.sum(dim=1)
                 positions = (survived.cumsum(dim=1) - 1).clamp_min(0)[None].to(positions.dtype)
-            segment = Segment(
-                layer,
-                self.depth,
-                survived.to(attention_mask.dtype),
-                segment.prompt_index.gather(1, order).masked_fill(~survived, -1),
-                shift,
-            )
+            if guide is not None:
+                guide = guide.gather(1, order)
+            prompt_index = segment.prompt_index.gather(1, order).masked_fill(~survived, -1)
+            if recycled is not None and centre_positions is not None and any(len(part.centres) for part in recycled):
+                stream = _Stream(hidden, positions, survived, visual, guide, prompt_index)
+                stream = stream.with_recycled(recycled, centre_positions)
+                hidden, positions, survived, visual = stream.hidden, stream.positions, stream.present, stream.visual
+                guide, prompt_index = stream.guide, stream.prompt_index
+            segment = Segment(layer, self.depth, survived.to(attention_mask.dtype), prompt_index, shift)
         rotary = self._rotary(hidden, positions)
         hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
         segments.append(segment)

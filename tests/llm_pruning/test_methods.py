@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fopru.components import choices, load
+from fopru.components import CONFIG_DIR, choices, load
 from fopru.errors import ConfigError
 from fopru.layout import Budget
 from fopru.llm_pruning import Drop, FastV, LLMPruning, NoLLMPruning, PyramidDrop, VisualTokenWithdrawal, rank_visual
@@ -118,4 +118,6 @@ def test_every_registered_method_builds_and_schedules(name: str) -> None:
 
 
 def test_registered_choices() -> None:
-    assert choices("llm_pruning") == ["fastv", "none", "pyramid_drop", "vtw"]
+    # The registry is the folder: every YAML file there is a choice, listed sorted, the no-op among them.
+    assert choices("llm_pruning") == sorted(path.stem for path in (CONFIG_DIR / "llm_pruning").glob("*.yaml"))
+    assert "none" in choices("llm_pruning")

@@ -155,25 +155,17 @@ def test_an_unreachable_checkpoint_fails_fast_with_its_name(name: str) -> None:
     assert time.monotonic() - started < 15
 
 
-@pytest.mark.parametrize(
-    ("strategy", "significance", "new_tokens"),
-    [
-        ("none", "focal", 1),
-        ("rank", "focal", 1),
-        ("row", "cls", 3),
-        ("pool", "norm", 2),
-        ("uniform", "uniform", 1),
-        ("visionzip", "focal", 2),
-        ("divprune", "norm", 1),
-        ("prumerge", "uniform", 1),  # the strategy alone asks for the tap
-        ("prumerge_plus", "cls", 1),
-        ("vispruner", "norm", 1),
-        ("adafv", "focal", 2),
-    ],
-)
-def test_analytic_flops_equal_a_counted_pruned_generation(
-    adapter: LlavaAdapter, strategy: str, significance: str, new_tokens: int
-) -> None:
+#: The significance each strategy's FLOPs check pairs with (default focal; ``prumerge`` with uniform: the strategy
+#: alone asks for the tap) and the tokens it generates (default 1).
+FLOPS_SIGNIFICANCE = {"row": "cls", "pool": "norm", "uniform": "uniform", "divprune": "norm", "prumerge": "uniform"}
+FLOPS_SIGNIFICANCE |= {"prumerge_plus": "cls", "vispruner": "norm"}
+FLOPS_NEW_TOKENS = {"row": 3, "pool": 2, "visionzip": 2, "adafv": 2}
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+def test_analytic_flops_equal_a_counted_pruned_generation(adapter: LlavaAdapter, strategy: str) -> None:
+    significance = FLOPS_SIGNIFICANCE.get(strategy, "focal")
+    new_tokens = FLOPS_NEW_TOKENS.get(strategy, 1)
     batch = batch_of(adapter, [0])
     pipeline = make_pipeline(strategy, keep=0.25, significance=significance)
     generations: list[Generation] = []

@@ -4,6 +4,7 @@ reference run layer by layer without a cache, greedy decoding of that reference,
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -16,10 +17,21 @@ from transformers import DynamicCache
 
 from fopru.components import CONFIG_DIR, choices, load
 from fopru.efficiency import counted_flops
-from fopru.llm_pruning import FastV, LLMPruning, NoLLMPruning, PyramidDrop, VisualTokenWithdrawal
+from fopru.llm_pruning import (
+    DART,
+    FastV,
+    LLMPruning,
+    NoLLMPruning,
+    PyramidDrop,
+    Recycled,
+    SparseVLM,
+    VisualTokenWithdrawal,
+)
 from fopru.models.base import Generation, LanguageInputs, TargetModel
-from fopru.models.qwen2_vl import IMAGE_PROMPT
-from fopru.models.staged import LastQueryAttention
+from fopru.models.llava import LlavaAdapter
+from fopru.models.llava_next import LlavaNextAdapter
+from fopru.models.qwen2_vl import IMAGE_PROMPT, Qwen2VLAdapter
+from fopru.models.staged import LastQueryAttention, _Stream
 from fopru.pipeline import PruningPipeline
 from tests.models.conftest import make_image, make_pipeline
 
@@ -31,13 +43,14 @@ QWEN_PROMPTS = (
     f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
     f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
 )
-FAMILIES: dict[str, tuple[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]]] = {
-    # prompts, (width, height) of the two images
-    "tiny_llava": (LLAVA_PROMPTS, ((48, 48), (48, 48))),
-    "tiny_llava_next": (LLAVA_PROMPTS, ((70, 40), (50, 90))),
-    "tiny_qwen2_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
-    "tiny_qwen25_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
-}
+FAMILIES = [name for name in choices("model") if name.startswith("tiny_")]
+#: Per kind of adapter (most specific first): the two samples' prompts and the (width, height) of their images
+#: (LLaVA-NeXT: different crop counts; Qwen2-VL: multiples of 28, different grids).
+SAMPLES: tuple[tuple[type[TargetModel], tuple[str, str], tuple[tuple[int, int], tuple[int, int]]], ...] = (
+    (LlavaNextAdapter, LLAVA_PROMPTS, ((70, 40), (50, 90))),
+    (Qwen2VLAdapter, QWEN_PROMPTS, ((56, 56), (84, 56))),
+    (LlavaAdapter, LLAVA_PROMPTS, ((48, 48), (48, 48))),
+)
 DEPTH = 4  # the tiny language models have 2 layers; a deeper copy lets PyramidDrop have several stages
 METHODS: list[LLMPruning] = [
     FastV(layer=1, keep=0.5),
@@ -45,7 +58,10 @@ METHODS: list[LLMPruning] = [
     VisualTokenWithdrawal(layer=2),
     PyramidDrop(layers=(1, 2, 3), keep=0.125),
     PyramidDrop(layers=(1, 2, 3), keep=0.125, ranking="own", renumber=False),
+    DART(layer=2, keep=0.5),
+    SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2), recycle=False),  # the masked reference adds no token
 ]
+RECYCLING = SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2))
 NEW_TOKENS = 5
 
 
@@ -75,7 +91,7 @@ def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
 
 
 def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    prompts, sizes = FAMILIES[name]
+    prompts, sizes = next((prompts, sizes) for kind, prompts, sizes in SAMPLES if isinstance(adapter, kind))
     images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
     return adapter.prepare(images, [prompts[seed] for seed in samples])
 
@@ -129,8 +145,8 @@ def reference_logits(
     return logits
 
 
-def eager_last_rows(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torch.Tensor, ...]:
-    """Per layer, the head-averaged last row of the stock language model's eager attention weights."""
+def eager_attentions(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torch.Tensor, ...]:
+    """Per layer, the stock language model's (B, H, L, L) eager attention weights."""
     language = adapter.model.model.language_model
     adapter.model.set_attn_implementation("eager")
     try:
@@ -142,7 +158,20 @@ def eager_last_rows(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torch
         )
     finally:
         adapter.model.set_attn_implementation("sdpa")
-    return tuple(weights[:, :, -1].mean(dim=1) for weights in output.attentions)
+    return tuple(output.attentions)
+
+
+def eager_last_rows(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torch.Tensor, ...]:
+    """Per layer, the head-averaged last row of the stock language model's eager attention weights."""
+    return tuple(weights[:, :, -1].mean(dim=1) for weights in eager_attentions(adapter, inputs))
+
+
+def instruction_of(inputs: LanguageInputs, sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample's visual positions and the real positions after its image (the instruction), ascending."""
+    assert inputs.visual_mask is not None
+    visual = inputs.visual_mask[sample].nonzero().flatten()
+    real = inputs.attention_mask[sample].bool().nonzero().flatten()
+    return visual, real[real > visual.max()]
 
 
 @torch.no_grad()
@@ -226,6 +255,7 @@ def test_pruned_generation_equals_a_masked_reference(family: tuple[str, TargetMo
         DynamicCache(),
         ranking=method.ranking,
         renumber=method.renumber,
+        method=method,
     )
     renumber = method.renumber
     reference = reference_logits(adapter, inputs, generation, boundaries, 0, renumber)
@@ -278,7 +308,9 @@ def test_pyramid_drop_ranks_with_the_next_layers_projections(family: tuple[str, 
 
 
 @pytest.mark.parametrize(
-    "method", [METHODS[0], METHODS[2], METHODS[3], METHODS[4]], ids=["fastv", "vtw", "pyramid_drop", "pyramid_own"]
+    "method",
+    [METHODS[0], METHODS[2], METHODS[3], METHODS[4], METHODS[5], METHODS[6], RECYCLING],
+    ids=["fastv", "vtw", "pyramid_drop", "pyramid_own", "dart", "sparsevlm", "sparsevlm-recycling"],
 )
 def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, TargetModel], method: LLMPruning) -> None:
     name, adapter = family
@@ -306,3 +338,105 @@ def test_every_registered_method_runs_batched(family: tuple[str, TargetModel], n
     lengths = generation.layer_cache_lengths
     assert len(lengths) == DEPTH and list(lengths) == sorted(lengths, reverse=True)
     assert (lengths[-1] < lengths[0]) == method.active
+
+
+@torch.no_grad()
+def test_sparsevlm_keeps_what_its_raters_attend_to_in_stock_eager_attention(family: tuple[str, TargetModel]) -> None:
+    """The survivors of a SparseVLM boundary at layer 2: raters chosen from the prompt's input embeddings (the
+    official rule), their head-averaged rows of the stock model's eager attention of layer 2 (index 1), averaged
+    over raters; the best visual tokens survive (batched, left-padded)."""
+    name, adapter = family
+    method = SparseVLM(layers=(2,), counts=(0.4,))
+    generation = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline_with(method), max_new_tokens=1)
+    inputs = generation.inputs
+    attention = eager_attentions(adapter, inputs)[1].mean(dim=1)  # (B, L, L)
+    for sample in range(2):
+        visual, instruction = instruction_of(inputs, sample)
+        embeds = inputs.inputs_embeds[sample].float()
+        relation = (embeds[visual] @ embeds[instruction].T).softmax(dim=1).mean(dim=0)
+        raters = instruction[relation > relation.mean()]
+        scores = attention[sample][raters][:, visual].mean(dim=0)
+        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
+        expected = visual[scores.argsort(descending=True, stable=True)[:kept]].sort().values
+        present = generation.survivors[0][sample] & inputs.visual_mask[sample]  # type: ignore[index]
+        assert torch.equal(present.nonzero().flatten(), expected)
+
+
+@torch.no_grad()
+def test_dart_pivots_come_from_the_stock_layers_keys_and_states(family: tuple[str, TargetModel]) -> None:
+    """DART at layer 2 from the stock model: layer 1's keys rebuilt from its own projections and rotary embedding,
+    the states of layer 1's output through the final norm; the official selection on them (``DART.choose``, checked
+    against the code step by step in tests/llm_pruning/test_dart.py) gives the generation's survivors."""
+    name, adapter = family
+    method = DART(layer=2, keep=0.5)
+    generation = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline_with(method), max_new_tokens=1)
+    inputs = generation.inputs
+    language = adapter.model.model.language_model
+    hidden = language(
+        inputs_embeds=inputs.inputs_embeds,
+        attention_mask=inputs.attention_mask,
+        position_ids=rope_positions(adapter, inputs.position_ids),
+        output_hidden_states=True,
+    ).hidden_states
+    attention = language.layers[1].self_attn
+    projected = attention.k_proj(language.layers[1].input_layernorm(hidden[1]))
+    keys = projected.view(*projected.shape[:2], -1, attention.head_dim).transpose(1, 2)
+    cos, sin = language.rotary_emb(hidden[1], rope_positions(adapter, inputs.position_ids))
+    _, keys = sys.modules[type(attention).__module__].apply_rotary_pos_emb(keys, keys, cos, sin)
+    norms = keys.abs().sum(dim=-1).sum(dim=1)
+    states = torch.nn.functional.normalize(language.norm(hidden[2]), dim=-1)
+    for sample in range(2):
+        visual, instruction = instruction_of(inputs, sample)
+        [drop] = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)
+        per_pivot = (drop.kept - 4) // 8
+        first = int(inputs.attention_mask[sample].argmax())
+        expected = method.choose(norms[sample], states[sample], visual, instruction, per_pivot, first)
+        present = generation.survivors[0][sample] & inputs.visual_mask[sample]  # type: ignore[index]
+        assert torch.equal(present.nonzero().flatten(), expected)
+        assert expected.numel() == drop.kept
+
+
+@torch.no_grad()
+def test_sparsevlm_recycling_batched_equals_each_sample_alone(family: tuple[str, TargetModel]) -> None:
+    """With recycled tokens inserted after the kept visual tokens (left-padded, per-sample counts), every layer's
+    cache holds text + kept + recycled tokens, and the batch decodes what each sample decodes alone."""
+    name, adapter = family
+    pipeline = pipeline_with(RECYCLING)
+    together = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
+    inputs = together.inputs
+    per_layer = [RECYCLING.visual_per_layer(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens]
+    drops = [RECYCLING.schedule(int(count), DEPTH, pipeline.budget) for count in inputs.visual_tokens]
+    assert any(held > drop.kept for held, drop in zip(per_layer[0][1:], drops[0], strict=False))  # some recycled
+    texts = inputs.text_tokens.tolist()
+    assert together.layer_cache_lengths == tuple(
+        max(texts[sample] + per_layer[sample][layer] for sample in range(2)) for layer in range(DEPTH)
+    )
+    for sample in range(2):
+        alone = adapter.generate(batch_of(name, adapter, [sample]), pipeline, max_new_tokens=NEW_TOKENS)
+        assert alone.layer_cache_lengths == tuple(texts[sample] + count for count in per_layer[sample])
+        length = alone.tokens.shape[1]
+        assert torch.equal(together.tokens[sample, :length], alone.tokens[0])
+        for present, single in zip(together.survivors, alone.survivors, strict=True):
+            width = single.shape[1]
+            assert torch.equal(present[sample, -width:], single[0])
+
+
+def test_recycled_tokens_enter_after_each_samples_last_visual_token() -> None:
+    """Two left-padded samples (t text, v visual, . padding): [. t v v t] gets 2 recycled tokens r, s after its last
+    visual token, [t v t t t] one; each takes its centre's position, counts as visual, has no prompt index."""
+    present = torch.tensor([[False, True, True, True, True], [True, True, True, True, True]])
+    visual = torch.tensor([[False, False, True, True, False], [False, True, False, False, False]])
+    hidden = torch.arange(10.0).reshape(2, 5, 1)
+    positions = torch.tensor([[[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]])
+    stream = _Stream(hidden, positions, present, visual, visual & False, torch.arange(10).reshape(2, 5))
+    recycled = [
+        Recycled(torch.tensor([[-1.0], [-2.0]]), torch.tensor([2, 3])),
+        Recycled(torch.tensor([[-3.0]]), torch.tensor([1])),
+    ]
+    out = stream.with_recycled(recycled, [torch.tensor([[1, 2]]), torch.tensor([[1]])])
+    assert out.hidden[..., 0].tolist() == [[1.0, 2.0, 3.0, -1.0, -2.0, 4.0], [5.0, 6.0, -3.0, 7.0, 8.0, 9.0]]
+    assert out.positions.tolist() == [[[0, 1, 2, 1, 2, 3], [0, 1, 1, 2, 3, 4]]]
+    assert out.present.all()
+    assert out.visual.tolist() == [[False, True, True, True, True, False], [False, True, True, False, False, False]]
+    assert out.prompt_index.tolist() == [[1, 2, 3, -1, -1, 4], [5, 6, -1, 7, 8, 9]]
+    assert out.guide is not None and not bool(out.guide.any())

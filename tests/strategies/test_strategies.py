@@ -105,7 +105,7 @@ def test_every_registered_strategy_meets_the_contract(
 
 
 TOKEN_BUDGET = ["rank", "random", "uniform", "pool", "visionzip", "divprune", "prumerge", "prumerge_plus"]
-EXACT_BUDGET = ["rank", "random", "visionzip", "divprune", "vispruner", "adafv"]
+EXACT_BUDGET = ["rank", "random", "visionzip", "divprune", "vispruner", "adafv", "cdpruner"]
 
 
 @pytest.mark.parametrize("name", sorted({*TOKEN_BUDGET, *EXACT_BUDGET}))

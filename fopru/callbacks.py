@@ -12,9 +12,11 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,16 +39,27 @@ def sweep_group(config: DictConfig, folder: Path) -> str:
     return str(group) if group else folder.resolve().name
 
 
+def exit_on_termination() -> None:
+    """Turn SIGTERM (``kill``, a scheduler ending the job) into a normal exit, so that exit handlers such as the
+    summary of an unfinished sweep run; a handler someone else installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class ParetoCallback(Callback):
     """Summarizes the jobs' ``result.json`` files when Hydra is done: ``results.csv`` and the Pareto plots in the
     sweep folder (multirun) or the run folder (single run), and for a multirun one W&B ``sweep-summary`` run.
 
     A multirun summarizes only its own jobs: when it starts, the sweep folder gets a fresh record
     (:mod:`fopru.jobs`) and every job folder is marked with it, so results of an earlier sweep in a reused folder are
-    left out. A sweep that does not run to its end (a failed job, Ctrl-C, an error of Hydra's) is still summarized
-    from the jobs that finished, and the jobs that did not are named, with why; rerunning the same command finishes
-    it, the finished jobs resuming from their predictions. When jobs failed, the sweep exits with code 2 (all of them
-    bad input) or 1.
+    left out. A sweep that does not run to its end (a failed job, Ctrl-C, SIGTERM, an error of Hydra's) is still
+    summarized from the jobs that finished, and the jobs that did not are named, with why; rerunning the same
+    command finishes it, the finished jobs resuming from their predictions. When jobs failed, the sweep exits with
+    code 2 (all of them bad input) or 1.
 
     The summary itself never fails the sweep: its errors are logged (with their traceback).
     """
@@ -63,6 +76,7 @@ class ParetoCallback(Callback):
             jobs.start_sweep(sweep_dir, jobs.planned_jobs(config))
             self._pending = (sweep_dir, sweep_group(config, sweep_dir))
             atexit.register(self._summarize_pending)
+            exit_on_termination()
         except Exception:
             log.exception("could not record the sweep; its summary will include every result.json in its folder")
 

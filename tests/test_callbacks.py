@@ -26,6 +26,7 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 # A stand-in for train_eval.py whose jobs write a result.json: accuracy and cost follow from strategy and keep.
 APP = """
 import os
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +39,8 @@ from fopru.eval.result import Latency, RunResult
 def main(cfg: DictConfig) -> None:
     if cfg.budget == cfg.crash_at:
         raise RuntimeError(f"crashed at budget {cfg.budget}")
+    if cfg.budget == cfg.hang_at:
+        time.sleep(120)
     bonus = {"rank": 0.0, "row": 0.1}[cfg.approach]
     RunResult(
         group=str(cfg.group), model="tiny_llava", data="easyvqa", strategy=cfg.approach, significance="focal",
@@ -63,6 +66,7 @@ group: app-sweep
 approach: rank  # not "strategy"/"keep"/"method": the search path brings in the repo's groups of those names
 budget: 0.5
 crash_at: null  # the job at this budget raises
+hang_at: null   # the job at this budget sleeps for two minutes
 """
 
 
@@ -194,6 +198,25 @@ def test_a_reused_sweep_folder_summarizes_only_its_latest_sweeps_jobs(tmp_path: 
     output = third.stdout + third.stderr
     assert "1 of 2 jobs of the sweep" in output
     assert "#1 (budget=0.6): failed: RuntimeError: crashed at budget 0.6" in output
+
+
+def test_a_terminated_sweep_is_summarized_from_the_jobs_that_finished(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_app(tmp_path, "--help")  # writes the app and its config
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "app.py"), "-m", "budget=0.1,0.2,0.3", "hang_at=0.2",
+         f"hydra.sweep.dir={sweep}", "hydra.callbacks.pareto.log_to_wandb=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=subprocess_env(tmp_path),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (sweep / "1" / "job.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.terminate()  # SIGTERM, as kill or a scheduler sends it
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.1"]
+    assert "2 of 3 jobs of the sweep" in output
+    assert "#1 (budget=0.2): interrupted" in output and "#2 (budget=0.3): not started" in output
 
 
 TINY_JOBS = [

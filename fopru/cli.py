@@ -4,18 +4,22 @@ on)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from fopru.components import choices
+from fopru.components import CONFIG_DIR, choices
 from fopru.errors import ConfigError
 from fopru.jobs import JobFailure
 from fopru.run import run
@@ -36,7 +40,8 @@ def report(error: ConfigError) -> None:
 def check_command_line(arguments: Sequence[str]) -> None:
     """Refuse, before Hydra composes anything, an unknown group option (``strategy=rnak``, also inside a sweep
     list), an unknown top-level key (``+stratgy=row``, ``stratgy=row``) and a Hydra output folder that cannot be
-    written. Grammar errors and deeper keys are left to Hydra."""
+    written, then composes the first job to refuse a misspelt nested key (``model.devcie=cpu``). Grammar errors are
+    left to Hydra."""
     texts = [argument for argument in arguments if "=" in argument and not argument.startswith("-")]
     try:
         overrides = OverridesParser.create().parse_overrides(texts)
@@ -58,6 +63,52 @@ def check_command_line(arguments: Sequence[str]) -> None:
         check_known_key(top)
         if key in groups:
             check_options(key, override)
+    check_composition(overrides)
+
+
+def first_job(overrides: Sequence[Override]) -> list[str] | None:
+    """The overrides of a sweep's first job (each sweep replaced by its first value); ``None`` when a sweep cannot
+    be expanded here (globs)."""
+    job = []
+    for override in overrides:
+        if override.is_sweep_override():
+            try:
+                value = next(iter(override.sweep_string_iterator()))
+            except Exception:
+                return None
+            job.append(f"{override.get_key_element()}={value}")
+        else:
+            job.append(override.input_line or "")
+    return job
+
+
+def check_composition(overrides: Sequence[Override]) -> None:
+    """Compose the first job as Hydra will; a key that is not in the config becomes a :class:`ConfigError` naming
+    the keys that are."""
+    job = first_job(overrides)
+    if job is None:
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name="train_eval", overrides=job)
+    except ConfigCompositionException as error:
+        missing = re.search(r"Could not override '([^']+)'", str(error))
+        if missing is None:
+            raise ConfigError(" ".join(str(error).split())) from None
+        key = missing.group(1)
+        parent, _, leaf = key.rpartition(".")
+        rest = [item for item in job if item.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                node = OmegaConf.select(compose(config_name="train_eval", overrides=rest), parent) if parent else None
+        except Exception:  # another override is wrong too: Hydra's message is all there is to say
+            raise ConfigError(" ".join(str(error).split())) from None
+        keys = sorted(str(name) for name in node) if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, keys, n=1)
+        hint = f" (did you mean {parent}.{close[0]}?)" if close else ""
+        raise ConfigError(
+            f"{key} is not a key of {parent or 'the configuration'}{hint}: its keys are {', '.join(keys)}"
+        ) from None
 
 
 def check_options(group: str, override: Override) -> None:

@@ -78,6 +78,7 @@ def test_the_readme_sweep_composes_and_validates(tmp_path: Path) -> None:
         (["significance.direction=up"], "direction='up' is not one of ['auto', 'received', 'paid']"),
         (["batch_size=0"], "batch_size=0 must be an integer >= 1"),
         (["+stratgy=row"], "unknown key 'stratgy' (did you mean strategy?)"),
+        (["model.devcie=cpu"], "model.devcie is not a key of model (did you mean model.device?)"),
         (["method=fopru_row", "strategy=rank"], "method=fopru_row sets significance=focal strategy=row"),
         (["hydra.run.dir=/proc/fopru-run"], "hydra.run.dir='/proc/fopru-run' is not writable"),
         (["model.checkpoint=/nonexistent/checkpoint"], "checkpoint '/nonexistent/checkpoint' is not a folder"),

@@ -223,6 +223,11 @@ def test_the_command_line_check_refuses_typos_and_unwritable_hydra_folders(tmp_p
         (["+stratgy=row"], "unknown key 'stratgy' (did you mean strategy?)"),
         (["stratgy=row"], "unknown key 'stratgy'"),
         (["kep=0.1"], "unknown key 'kep' (did you mean keep?)"),
+        (
+            ["model.devcie=cpu"],
+            "model.devcie is not a key of model (did you mean model.device?): its keys are _target_,",
+        ),
+        (["-m", "keep=0.1,0.2", "significance.layr=3,4"], "significance.layr is not a key of significance (did you"),
         ([f"hydra.run.dir={tmp_path}/a-file/run"], "hydra.run.dir="),
         (["-m", f"hydra.sweep.dir={tmp_path}/a-file/${{now:%H}}"], "hydra.sweep.dir="),
     ]:

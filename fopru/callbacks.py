@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +24,10 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from fopru import jobs
 from fopru.eval.tracking import logs_to_wandb
 from fopru.pareto import summarize_sweep
 
@@ -35,27 +40,119 @@ def sweep_group(config: DictConfig, folder: Path) -> str:
     return str(group) if group else folder.resolve().name
 
 
+def exit_on_termination() -> None:
+    """Turn SIGTERM (``kill``, a scheduler ending the job) into a normal exit, so that exit handlers such as the
+    summary of an unfinished sweep run; a handler someone else installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class ParetoCallback(Callback):
     """Summarizes the jobs' ``result.json`` files when Hydra is done: ``results.csv`` and the Pareto plots in the
     sweep folder (multirun) or the run folder (single run), and for a multirun one W&B ``sweep-summary`` run.
 
-    It never fails the sweep: errors are logged (with their traceback) and the sweep ends as it would have without
-    it. Hydra's basic sweeper re-raises a failed job's error after its batch and then skips ``on_multirun_end``;
-    summarize such a sweep by hand with ``python -m fopru.pareto SWEEP_DIR``.
+    A multirun summarizes only its own jobs: when it starts, the sweep folder gets a fresh record
+    (:mod:`fopru.jobs`) and every job folder is marked with it, so results of an earlier sweep in a reused folder are
+    left out. A sweep that does not run to its end (a failed job, Ctrl-C, SIGTERM, an error of Hydra's) is still
+    summarized from the jobs that finished, and the jobs that did not are named, with why; rerunning the same
+    command finishes it, the finished jobs resuming from their predictions. When jobs failed, the sweep exits with
+    code 2 (all of them bad input) or 1.
+
+    The summary itself never fails the sweep: its errors are logged (with their traceback).
     """
 
     def __init__(self, log_to_wandb: bool = True, project: str | None = None) -> None:
         self.log_to_wandb = log_to_wandb
         self.project = project
+        self._pending: tuple[Path, str, bool] | None = None  # a started sweep not yet summarized: (folder, group, W&B)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Record the sweep and its planned jobs, and make sure it is summarized however the process ends."""
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            jobs.start_sweep(sweep_dir, jobs.planned_jobs(config))
+            self._pending = (sweep_dir, sweep_group(config, sweep_dir), self.log_to_wandb and logs_to_wandb(config))
+            atexit.register(self._summarize_pending)
+            exit_on_termination()
+        except Exception:
+            log.exception("could not record the sweep; its summary will include every result.json in its folder")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mark the job's folder as this sweep's (a multirun only)."""
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        try:
+            jobs.start_job(
+                Path(str(config.hydra.runtime.output_dir)),
+                Path(str(config.hydra.sweep.dir)),
+                int(config.hydra.job.num),
+                tuple(str(item) for item in config.hydra.overrides.task),
+            )
+        except Exception:
+            log.exception("could not mark the job folder")
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
+        """Record whether the job finished or failed, and with which error (a multirun only)."""
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN or job_return is None:
+            return
+        try:
+            value = job_return._return_value  # the property re-raises a failed job's error
+            failure = value if isinstance(value, jobs.JobFailure | BaseException) else None
+            if job_return.status == JobStatus.FAILED and failure is None:
+                failure = jobs.JobFailure("failed", config_error=False)
+            jobs.end_job(Path(str(config.hydra.runtime.output_dir)), failure)
+        except Exception:
+            log.exception("could not record the job's end")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Summarize the sweep folder ``hydra.sweep.dir``."""
+        """Summarize the sweep folder ``hydra.sweep.dir``; exit 2 (bad input) or 1 when some jobs failed."""
+        if self._pending is not None:
+            atexit.unregister(self._summarize_pending)
+            self._pending = None
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             log_to_wandb = self.log_to_wandb and logs_to_wandb(config)
-            summarize_sweep(sweep_dir, sweep_group(config, sweep_dir), log_to_wandb, self.project)
         except Exception:
             log.exception("could not summarize the sweep; its jobs' results are untouched")
+            return
+        unfinished = self._summarize(sweep_dir, sweep_group(config, sweep_dir), log_to_wandb)
+        failed = [record for record in unfinished if record.status == "failed"]
+        if failed:
+            raise SystemExit(2 if all(record.config_error for record in failed) else 1)
+
+    def _summarize_pending(self) -> None:
+        """At exit, before Hydra summarized the sweep: summarize what finished (Ctrl-C, an error that stopped it)."""
+        if self._pending is not None:
+            sweep_dir, group, log_to_wandb = self._pending
+            self._pending = None
+            self._summarize(sweep_dir, group, log_to_wandb)
+
+    def _summarize(self, sweep_dir: Path, group: str, log_to_wandb: bool) -> list[jobs.JobRecord]:
+        """Summarize the sweep's finished jobs and log the ones that did not finish; returns those."""
+        unfinished: list[jobs.JobRecord] = []
+        try:
+            summarize_sweep(sweep_dir, group, log_to_wandb, self.project)
+            unfinished = jobs.unfinished_jobs(sweep_dir)
+            described = jobs.describe_unfinished(sweep_dir)
+        except Exception:
+            log.exception("could not summarize the sweep; its jobs' results are untouched")
+            return unfinished
+        if described is not None:
+            total, lines = described
+            log.error(
+                "%d of %d jobs of the sweep in %s did not finish; the summary holds the others:\n%s\n"
+                "Rerun the command (with any bad value fixed) to finish the sweep: finished jobs resume from their "
+                "predictions.",
+                len(unfinished),
+                total,
+                sweep_dir,
+                lines,
+            )
+        return unfinished
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the same table and plots for a single run into its run folder (the job logs to W&B itself)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fopru.eval.result import KEPT_FILE, RESULT_FILE, RunResult
+from fopru.jobs import finished_job_folders, stale_results
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +251,17 @@ def shade_pruned(image: Any, grid: tuple[int, int], kept: Sequence[int], dim: fl
     return shaded.round().astype(np.uint8)
 
 
-def plot_kept_patches(sweep_dir: Path, path: Path, max_jobs: int = 12, keep: float | None = None) -> Path | None:
+def plot_kept_patches(
+    sweep_dir: Path,
+    path: Path,
+    max_jobs: int = 12,
+    keep: float | None = None,
+    folders: Sequence[Path] | None = None,
+) -> Path | None:
     """Draw the patches each job kept on the same few samples: one column per job (its strategy and budget), one
     row per sample, pruned patches dimmed. Reads the ``kept_patches.json`` files jobs save beside their
-    ``result.json``; ``None`` when there are none. At most ``max_jobs`` columns, in job order; only jobs at budget
-    ``keep`` when it is given."""
+    ``result.json`` (of the job ``folders`` only, when given); ``None`` when there are none. At most ``max_jobs``
+    columns, in job order; only jobs at budget ``keep`` when it is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,7 +270,7 @@ def plot_kept_patches(sweep_dir: Path, path: Path, max_jobs: int = 12, keep: flo
     from PIL import Image
 
     sweep_dir = Path(sweep_dir)
-    files = sorted(sweep_dir.rglob(KEPT_FILE), key=lambda file: _job_order(file.relative_to(sweep_dir)))
+    files = sorted(_files(sweep_dir, KEPT_FILE, folders), key=lambda file: _job_order(file.relative_to(sweep_dir)))
     jobs: list[tuple[str, Path, list[dict[str, Any]]]] = []
     for file in files:
         try:
@@ -305,14 +312,15 @@ def plot_kept_patches(sweep_dir: Path, path: Path, max_jobs: int = 12, keep: flo
     return Path(path)
 
 
-def collect(sweep_dir: Path) -> list[RunResult]:
-    """Every readable ``result.json`` under a Hydra sweep (or run) folder, by job number.
+def collect(sweep_dir: Path, folders: Sequence[Path] | None = None) -> list[RunResult]:
+    """Every readable ``result.json`` under a Hydra sweep (or run) folder, or only those of the job ``folders``
+    when given, by job number.
 
     Jobs are the numbered subfolders of a sweep (``hydra.sweep.subdir``); a run folder's own ``result.json`` comes
     first, non-numeric subfolders last, by name. Unreadable files are logged and skipped.
     """
     sweep_dir = Path(sweep_dir)
-    paths = sorted(sweep_dir.rglob(RESULT_FILE), key=lambda path: _job_order(path.relative_to(sweep_dir)))
+    paths = sorted(_files(sweep_dir, RESULT_FILE, folders), key=lambda path: _job_order(path.relative_to(sweep_dir)))
     results: list[RunResult] = []
     for path in paths:
         try:
@@ -348,10 +356,21 @@ def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: st
     W&B run (job type ``sweep-summary``, group ``group``, offline unless ``WANDB_MODE`` says otherwise, project
     ``project`` or ``WANDB_PROJECT`` or "fopru").
 
-    A sweep without any readable result writes nothing.
+    A folder holding a sweep record (``sweep.json``, :mod:`fopru.jobs`) is summarized from the finished jobs of
+    its latest sweep only; results other sweeps left in it are not. A sweep without any readable result writes
+    nothing.
     """
     sweep_dir = Path(sweep_dir)
-    results = collect(sweep_dir)
+    folders = finished_job_folders(sweep_dir)
+    stale = stale_results(sweep_dir)
+    if stale:
+        log.info(
+            "leaving out %d %s files under %s that are not of its latest sweep's finished jobs",
+            stale,
+            RESULT_FILE,
+            sweep_dir,
+        )
+    results = collect(sweep_dir, folders)
     if not results:
         log.warning("no readable %s under %s: nothing to summarize", RESULT_FILE, sweep_dir)
         return SweepSummary(results=0)
@@ -361,7 +380,7 @@ def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: st
     latency_plot = None
     if all(result.latency is not None for result in results):
         latency_plot = plot_pareto(results, "latency", sweep_dir / PLOT_FILES["latency"])
-    kept_plot = plot_kept_patches(sweep_dir, sweep_dir / KEPT_PLOT)
+    kept_plot = plot_kept_patches(sweep_dir, sweep_dir / KEPT_PLOT, folders=folders)
     wandb_dir = None
     if log_to_wandb:
         plots = [tflops_plot, latency_plot, kept_plot]
@@ -445,14 +464,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     sweep_dir: Path = arguments.sweep_dir
     summary = summarize_sweep(sweep_dir, arguments.group or sweep_dir.resolve().name, arguments.wandb)
     print(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in vars(summary).items()}))
+    folders = finished_job_folders(sweep_dir)
     if arguments.kept_at is not None:
-        print(
-            plot_kept_patches(
-                sweep_dir, sweep_dir / f"kept_patches_keep{arguments.kept_at:g}.png", keep=arguments.kept_at
-            )
-        )
+        kept_path = sweep_dir / f"kept_patches_keep{arguments.kept_at:g}.png"
+        print(plot_kept_patches(sweep_dir, kept_path, keep=arguments.kept_at, folders=folders))
     if arguments.table:
-        print(pivot_markdown(collect(sweep_dir), *arguments.table))
+        print(pivot_markdown(collect(sweep_dir, folders), *arguments.table))
+
+
+def _files(sweep_dir: Path, name: str, folders: Sequence[Path] | None) -> list[Path]:
+    """The files called ``name`` under ``sweep_dir``, or directly in ``folders`` when given."""
+    if folders is None:
+        return list(sweep_dir.rglob(name))
+    return [folder / name for folder in folders if (folder / name).is_file()]
 
 
 def _float(value: float | None) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fopru.components import build
@@ -19,6 +20,7 @@ from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from fopru.train.fit import train
 from fopru.train.recipe import TrainingRecipe
+from fopru.validation import check_before_loading, check_configuration
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,21 @@ def run(cfg: DictConfig) -> PruningPipeline:
     ``validate``: nothing more; ``load``: load the model; ``eval``: evaluate the pruned model on the benchmark;
     ``train``: train the model's untrained architecture on the benchmark's training split (``conf/train``).
 
-    Every user error surfaces as a :class:`ConfigError` before any model is loaded.
+    Every user error surfaces as a :class:`ConfigError` before any model is loaded: the config's own checks in
+    every stage, and before a stage that loads weights, the checks against this machine, the folders it writes, the
+    checkpoint's config and the benchmark's samples (:mod:`fopru.validation`).
     """
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage={cfg.stage!r} is not one of {list(STAGES)}")
+    check_configuration(cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else None)
     pipeline = PruningPipeline.from_config(cfg)
     target = build("model", cfg.model, TargetModel)
     benchmark = build("data", cfg.data, Benchmark)
     result_logger = build("logger", cfg.logger, ResultLogger)
     target.check_positions(pipeline.reorder.positions)
+    folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    if cfg.stage != "validate":
+        check_before_loading(cfg, pipeline, target, benchmark, result_logger, folder, results_root(cfg))
     log.info("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
         "pipeline: significance=%s strategy=%s reorder=%s (positions=%s) llm_pruning=%s budget=%s",
@@ -53,7 +61,6 @@ def run(cfg: DictConfig) -> PruningPipeline:
     if cfg.stage in ("eval", "train"):
         with open_dict(cfg):
             cfg.group = cfg.group or default_group()
-    folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     if cfg.stage == "train":
         recipe = build("train", cfg.train, TrainingRecipe)
         train(cfg, target, benchmark.train_split(), recipe, result_logger, folder)
@@ -77,6 +84,14 @@ def run(cfg: DictConfig) -> PruningPipeline:
         parameters = sum(parameter.numel() for parameter in target.model.parameters())
         log.info("loaded %s (%s, %.1fM parameters)", target.checkpoint, type(target.model).__name__, parameters / 1e6)
     return pipeline
+
+
+def results_root(cfg: DictConfig) -> Path:
+    """``results_dir``, relative to the folder the command was started in."""
+    root = Path(str(cfg.results_dir)).expanduser()
+    if not root.is_absolute() and HydraConfig.initialized():
+        root = Path(get_original_cwd()) / root
+    return root
 
 
 def default_group() -> str:

@@ -1,10 +1,13 @@
 """The Hydra callbacks on real runs and multiruns, the launchers' configs and the sweep definitions."""
 
+import csv
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 # A stand-in for train_eval.py whose jobs write a result.json: accuracy and cost follow from strategy and keep.
 APP = """
 import os
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,6 +37,10 @@ from fopru.eval.result import Latency, RunResult
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")
 def main(cfg: DictConfig) -> None:
+    if cfg.budget == cfg.crash_at:
+        raise RuntimeError(f"crashed at budget {cfg.budget}")
+    if cfg.budget == cfg.hang_at:
+        time.sleep(120)
     bonus = {"rank": 0.0, "row": 0.1}[cfg.approach]
     RunResult(
         group=str(cfg.group), model="tiny_llava", data="easyvqa", strategy=cfg.approach, significance="focal",
@@ -57,6 +65,8 @@ hydra:
 group: app-sweep
 approach: rank  # not "strategy"/"keep"/"method": the search path brings in the repo's groups of those names
 budget: 0.5
+crash_at: null  # the job at this budget raises
+hang_at: null   # the job at this budget sleeps for two minutes
 """
 
 
@@ -163,6 +173,110 @@ def test_a_single_run_gets_the_table_and_plots_in_its_run_folder(tmp_path: Path)
     assert len((tmp_path / "run" / "results.csv").read_text().splitlines()) == 2
     assert (tmp_path / "run" / "pareto_tflops.png").exists()
     assert not (tmp_path / "run" / "wandb").exists()  # the job logs to W&B itself
+
+
+def summary_rows(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "results.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_a_reused_sweep_folder_summarizes_only_its_latest_sweeps_jobs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    quiet = ["-m", f"hydra.sweep.dir={sweep}", "hydra.callbacks.pareto.log_to_wandb=false"]
+    first = run_app(tmp_path, *quiet, "approach=rank,row", "budget=0.1,0.5")
+    assert first.returncode == 0, first.stderr
+    assert len(summary_rows(sweep)) == 4
+    second = run_app(tmp_path, *quiet, "approach=row", "budget=0.2,0.3")
+    assert second.returncode == 0, second.stderr
+    assert (sweep / "3" / "result.json").exists()  # the first sweep's last jobs are still there ...
+    assert [(row["strategy"], row["keep"]) for row in summary_rows(sweep)] == [("row", "0.2"), ("row", "0.3")]
+    # ... and a failing job in a folder that holds an earlier result: neither that result nor the failure's
+    # traceback stops the summary of what finished, and the failed job is named.
+    third = run_app(tmp_path, *quiet, "approach=rank", "budget=0.4,0.6", "crash_at=0.6")
+    assert third.returncode == 1
+    assert [(row["strategy"], row["keep"]) for row in summary_rows(sweep)] == [("rank", "0.4")]
+    output = third.stdout + third.stderr
+    assert "1 of 2 jobs of the sweep" in output
+    assert "#1 (budget=0.6): failed: RuntimeError: crashed at budget 0.6" in output
+
+
+def test_a_terminated_sweep_is_summarized_from_the_jobs_that_finished(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_app(tmp_path, "--help")  # writes the app and its config
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "app.py"), "-m", "budget=0.1,0.2,0.3", "hang_at=0.2",
+         f"hydra.sweep.dir={sweep}", "hydra.callbacks.pareto.log_to_wandb=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=subprocess_env(tmp_path),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (sweep / "1" / "job.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.terminate()  # SIGTERM, as kill or a scheduler sends it
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.1"]
+    assert "2 of 3 jobs of the sweep" in output
+    assert "#1 (budget=0.2): interrupted" in output and "#2 (budget=0.3): not started" in output
+
+
+TINY_JOBS = [
+    "model=tiny_llava",
+    "batch_size=1",
+    "latency_samples=0",
+    "figure_samples=1",
+    "logger=none",
+    "hydra.callbacks.pareto.log_to_wandb=false",
+]
+
+
+def test_a_late_bad_value_leaves_the_summary_of_the_jobs_that_finished(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    (result,) = train_eval(
+        tmp_path,
+        [
+            "-m",
+            *TINY_JOBS,
+            "data.limit=6",
+            "keep=0.25,1.5,0.5",
+            f"hydra.sweep.dir={sweep}",
+            f"results_dir={tmp_path}/r",
+        ],
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.25", "0.5"]
+    assert (sweep / "pareto_tflops.png").stat().st_size > 0 and (sweep / "kept_patches.png").stat().st_size > 0
+    assert "1 of 3 jobs of the sweep" in output
+    assert "#1 (keep=1.5): failed: fopru: configuration error: keep=1.5 is not a valid budget" in output
+    assert "Traceback" not in output
+
+
+def test_an_interrupted_sweep_is_summarized_and_rerunning_it_finishes_it(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    command = [*TINY_JOBS, "data.limit=24", "keep=0.25,0.5,1.0", f"hydra.sweep.dir={sweep}", f"results_dir={tmp_path}"]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train_eval.py"), "-m", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+    )
+    deadline = time.monotonic() + 120
+    while not (sweep / "1" / "job.json").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # Ctrl-C while the second job runs
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode in (1, 130), output  # 1 when Lightning's predict loop caught the interrupt
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.25"]
+    assert "#2 (keep=1.0): not started" in output
+    assert re.search(r"#1 \(keep=0.5\): interrupted", output)
+    (rerun,) = train_eval(tmp_path, ["-m", *command])
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.25", "0.5", "1.0"]
+    assert re.search(r"resuming in .*keep0.25-\w+: 24 samples already predicted", output)
+    assert "did not finish" not in output
 
 
 # --- the default sweep and the sweep definitions ------------------------------------------------------------------

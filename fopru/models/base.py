@@ -123,6 +123,45 @@ class Generation:
     survivors: tuple[torch.Tensor, ...] = ()
 
 
+#: Attention kernels transformers can run besides its registered ones.
+BUILTIN_ATTENTION = ("eager",)
+
+
+def check_attn_implementation(name: str) -> str:
+    """``name`` when transformers knows the attention kernel, else a :class:`ConfigError` listing the known ones."""
+    from transformers import AttentionInterface
+
+    known = sorted({*BUILTIN_ATTENTION, *AttentionInterface._global_mapping})
+    if not isinstance(name, str) or name not in known:
+        raise ConfigError(f"model.attn_implementation={name!r} is not one of {known}")
+    return name
+
+
+def check_device(device: str) -> str:
+    """``device`` when this machine has it (``cpu``, ``cuda``, ``cuda:<index>``, ``mps``), else a
+    :class:`ConfigError`."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"model.device={device!r} is not a device: use cpu, cuda or cuda:<index> ({error})") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"model.device={device!r} but this machine has no CUDA device (torch {torch.__version__}); "
+                "use model.device=cpu (with trainer=cpu)"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(
+                f"model.device={device!r} but this machine has {count} CUDA devices (cuda:0..{count - 1})"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device={device!r} but MPS is not available here; use model.device=cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"model.device={device!r} is not supported: use cpu, cuda, cuda:<index> or mps")
+    return device
+
+
 def assemble_sequences(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -256,11 +295,14 @@ class TargetModel(ABC):
         tap_layer: int | None = None,
     ) -> None:
         self.checkpoint = checkpoint
+        if tap_layer is not None and (isinstance(tap_layer, bool) or not isinstance(tap_layer, int)):
+            raise ConfigError(f"model.tap_layer={tap_layer!r} must be a layer index (an integer) or null")
         self.tap_layer = tap_layer
         self.dtype = torch_dtype(dtype)
-        self.attn_implementation = attn_implementation
-        self.device = device
+        self.attn_implementation = check_attn_implementation(attn_implementation)
+        self.device = device  # checked against this machine's devices before loading (check_device)
         self._model: Any = None
+        self._config: Any = None
         self._processor: Any = None
         #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.eval.timing`).
         self.timer: PhaseTimer | None = None
@@ -296,6 +338,49 @@ class TargetModel(ABC):
         """What identifies this checkpoint's weights and processor files (:func:`checkpoint_fingerprint`): a content
         digest for a folder (cached, so a large checkpoint is hashed once), the commit for a hub checkpoint."""
         return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint, self.build_tiny))
+
+    def config(self) -> Any:
+        """The checkpoint's transformers config (``config.json`` only, no weights), for checks before loading."""
+        if self._model is not None:
+            return self._model.config
+        if self._config is None:
+            from transformers import AutoConfig
+
+            path = resolve_checkpoint(self.checkpoint, self.build_tiny)
+            try:
+                self._config = AutoConfig.from_pretrained(path)
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"checkpoint {self.checkpoint!r}: its config.json cannot be read ({error})") from None
+        return self._config
+
+    def vision_depth(self) -> int:
+        """The vision encoder's layer count, read from the checkpoint's config."""
+        vision = self.config().vision_config
+        return int(getattr(vision, "num_hidden_layers", None) or vision.depth)
+
+    def visual_tokens_per_image(self) -> int | None:
+        """The visual tokens of every image, from the config, when the family has a fixed count (``None``: it
+        depends on the image, as with any-resolution tiling)."""
+        return None
+
+    def check_against_config(self, pipeline: PruningPipeline) -> None:
+        """Refuse, from the checkpoint's config alone, what only the model's shape rules out: a tapped layer
+        outside the vision encoder, a ``keep_tokens`` above the visual tokens of an image."""
+        depth = self.vision_depth()
+        layers = {"significance.layer": pipeline.attention_source.layer, "model.tap_layer": self.tap_layer}
+        for key, layer in layers.items():
+            if layer is not None and not -depth <= layer < depth:
+                raise ConfigError(
+                    f"{key}={layer} is outside the vision encoder of {self.checkpoint!r}, which has {depth} layers: "
+                    f"choose {-depth} <= {key} <= {depth - 1} (negative counts from the end)"
+                )
+        tokens = self.visual_tokens_per_image()
+        keep_tokens = pipeline.budget.keep_tokens
+        if tokens is not None and keep_tokens is not None and keep_tokens > tokens:
+            raise ConfigError(
+                f"keep_tokens={keep_tokens} is more than the {tokens} visual tokens per image of "
+                f"{self.checkpoint!r}: choose 1 <= keep_tokens <= {tokens}, or a fraction with keep=<(0, 1]>"
+            )
 
     def load_processor(self, path: str) -> Any:
         """The processor saved with the checkpoint; families override this for processor workarounds."""

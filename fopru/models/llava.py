@@ -79,6 +79,10 @@ class LlavaAdapter(TargetModel):
         # hidden_states[f] is the output of layers[f] for f < 0, of layers[f - 1] for f >= 1.
         return int(feature_layer) if feature_layer < 0 else int(feature_layer) - 1
 
+    def visual_tokens_per_image(self) -> int | None:
+        vision = self.config().vision_config
+        return int((vision.image_size // vision.patch_size) ** 2)
+
     def grid(self) -> tuple[int, int]:
         """Patch rows x cols of one image."""
         vision = self.model.config.vision_config

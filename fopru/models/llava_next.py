@@ -110,6 +110,9 @@ class LlavaNextAdapter(LlavaAdapter):
     model_class: Any = LlavaNextForConditionalGeneration
     processor_class: Any = LlavaNextProcessor
 
+    def visual_tokens_per_image(self) -> int | None:
+        return None  # any-resolution tiling: the count depends on the image's size
+
     def build_tiny(self, folder: Path) -> None:
         build_tiny_llava_next(folder)
 

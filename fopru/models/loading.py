@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -89,8 +90,15 @@ def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | Non
                 "Train one with stage=train (see the README) and point model.checkpoint at its folder"
             )
         return str(folder)
-    if Path(checkpoint).is_dir():
-        return checkpoint
+    if Path(checkpoint).expanduser().is_dir():
+        check_checkpoint_folder(Path(checkpoint).expanduser(), checkpoint)
+        return str(Path(checkpoint).expanduser())
+    if looks_like_path(checkpoint):
+        raise ConfigError(
+            f"checkpoint {checkpoint!r} is not a folder: no such path (from {Path.cwd()}). Point model.checkpoint at "
+            "a folder saved by save_pretrained (with config.json and model.safetensors), or at a hub id such as "
+            "llava-hf/llava-1.5-7b-hf"
+        )
     if isinstance(try_to_load_from_cache(checkpoint, "config.json"), str):
         return checkpoint  # cached: from_pretrained opens it without the network
     offline = constants.HF_HUB_OFFLINE
@@ -171,3 +179,81 @@ def _write_atomically(path: Path, text: str) -> None:
         os.replace(staging, path)
     except OSError as error:  # a read-only cache only costs re-hashing next time
         log.warning("could not write %s: %s", path, error)
+
+
+def looks_like_path(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` is meant as a local path rather than a hub id (``org/name`` or ``name``)."""
+    return checkpoint.startswith(("/", "./", "../", "~", ".")) or checkpoint.count("/") > 1 or "\\" in checkpoint
+
+
+def check_checkpoint_folder(folder: Path, shown: str) -> None:
+    """Refuse a local checkpoint folder that ``from_pretrained`` could not load, reading only file headers.
+
+    The folder needs a ``config.json`` and its weights: ``model.safetensors``, the shards a
+    ``model.safetensors.index.json`` lists, or ``pytorch_model.bin``. Every safetensors file must have a readable
+    header whose tensors fit in the file (a truncated download or a file that is not safetensors fails here, in
+    milliseconds, instead of after a model has been built around it).
+    """
+    if not (folder / "config.json").is_file():
+        present = sorted(path.name for path in folder.iterdir())[:8]
+        raise ConfigError(
+            f"checkpoint folder {shown!r} has no config.json (it holds {present or 'nothing'}): point model.checkpoint "
+            "at a folder saved by save_pretrained, or at a hub id"
+        )
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"checkpoint {shown!r}: {index.name} is not a valid shard index ({error})") from None
+        files = [folder / shard for shard in shards]
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "pytorch_model.bin").is_file():
+        return
+    else:
+        raise ConfigError(
+            f"checkpoint folder {shown!r} has no weights: expected model.safetensors, model.safetensors.index.json "
+            "with its shards, or pytorch_model.bin"
+        )
+    for file in files:
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise ConfigError(
+                f"checkpoint {shown!r}: {file.name} is corrupted ({problem}); download or save the checkpoint again"
+            )
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file's header (``None``: nothing), without reading its tensors.
+
+    The format is an 8-byte little-endian header length, a JSON header mapping tensor names to dtype, shape and
+    byte range, then the data; every range must lie inside the data.
+    """
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                return f"its header claims {length} bytes but the file has {size}"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return "the file is missing"
+    except (OSError, ValueError) as error:
+        return f"unreadable header: {type(error).__name__}"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    data = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            return f"tensor {name!r} has no data_offsets"
+        if not 0 <= start <= end <= data:
+            return f"tensor {name!r} ends at byte {end} of {data} data bytes (truncated)"
+    return None

@@ -50,7 +50,6 @@ def test_help_lists_the_groups_and_options(tmp_path: Path) -> None:
     presets = result.stdout.split("== Presets ==", 1)[1]
     assert "method=<name>" in presets and "method=fopru_row keep=0.1" in presets
     assert "+sweep=<name>" in presets and "python train_eval.py -m +sweep=keep" in presets
-    assert "+experiment=<slug>" in presets
 
 
 def test_the_readme_sweep_composes_and_validates(tmp_path: Path) -> None:

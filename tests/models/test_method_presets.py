@@ -77,4 +77,11 @@ def test_every_method_preset_runs_batched_as_each_sample_alone(family: tuple[str
         torch.testing.assert_close(batched.inputs.images[sample].embeddings, image.embeddings, rtol=1e-4, atol=1e-5)
         assert int(batched.inputs.visual_tokens[sample]) == int(alone.inputs.visual_tokens[0])
         assert batched.layer_cache_lengths[-1] >= alone.layer_cache_lengths[-1]
-        assert torch.equal(batched.tokens[sample], alone.tokens[0])
+        # A batch decodes until every sample has stopped: a sample that stopped earlier is padded after its end.
+        length = alone.tokens.shape[1]
+        assert torch.equal(batched.tokens[sample, :length], alone.tokens[0])
+        tokenizer = adapter.processor.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if length < batched.tokens.shape[1]:
+            assert int(alone.tokens[0, -1]) == tokenizer.eos_token_id
+            assert bool((batched.tokens[sample, length:] == pad).all())

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from fopru.components import CONFIG_DIR, choices, load
@@ -24,7 +24,13 @@ from fopru.significance.sources import FocalSignificance
 from tests.models.conftest import make_image, make_pipeline
 
 CONF = CONFIG_DIR / "model"
-FAMILIES = ["tiny_qwen2_vl", "tiny_qwen25_vl"]
+# Every registered tiny fixture of this family (Qwen2-VL and its subclasses), read from conf/model/.
+FAMILIES = [
+    name
+    for name in choices("model")
+    if name.startswith("tiny_")
+    and issubclass(get_class(str(OmegaConf.load(CONF / f"{name}.yaml")._target_)), Qwen2VLAdapter)
+]
 PROMPTS = (
     f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
     f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",

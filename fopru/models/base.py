@@ -21,7 +21,6 @@ from transformers import DynamicCache
 
 from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
-from fopru.eval.timing import PhaseTimer
 from fopru.layout import VisualLayout
 from fopru.llm_pruning.base import trailing_text
 from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
@@ -31,6 +30,7 @@ from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
 from fopru.strategies.base import PruningStrategy, StrategyInputs
+from fopru.timing import PhaseTimer
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline
@@ -262,7 +262,7 @@ class TargetModel(ABC):
         self.device = device
         self._model: Any = None
         self._processor: Any = None
-        #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.eval.timing`).
+        #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.timing`).
         self.timer: PhaseTimer | None = None
 
     def phase(self, name: str) -> AbstractContextManager[None]:
@@ -270,10 +270,6 @@ class TargetModel(ABC):
         return self.timer.phase(name) if self.timer is not None else nullcontext()
 
     # -- loading -------------------------------------------------------------------------------------------
-    def build_tiny(self, folder: Path) -> None:
-        """Save a seeded random tiny model and its processor into ``folder`` (test fixtures only)."""
-        raise ConfigError(f"{type(self).__name__} has no tiny fixture")
-
     def build_untrained(self, folder: Path, seed: int) -> None:
         """Save the family's untrained architecture and processor into ``folder``, for ``stage=train``."""
         raise ConfigError(
@@ -284,7 +280,7 @@ class TargetModel(ABC):
     def load(self) -> TargetModel:
         """Load model and processor (once)."""
         if self._model is None:
-            path = resolve_checkpoint(self.checkpoint, self.build_tiny)
+            path = resolve_checkpoint(self.checkpoint)
             self._model = self.model_class.from_pretrained(
                 path, dtype=self.dtype, attn_implementation=self.attn_implementation
             ).to(self.device)
@@ -295,7 +291,7 @@ class TargetModel(ABC):
     def fingerprint(self) -> str:
         """What identifies this checkpoint's weights and processor files (:func:`checkpoint_fingerprint`): a content
         digest for a folder (cached, so a large checkpoint is hashed once), the commit for a hub checkpoint."""
-        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint, self.build_tiny))
+        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint))
 
     def load_processor(self, path: str) -> Any:
         """The processor saved with the checkpoint; families override this for processor workarounds."""

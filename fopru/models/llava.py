@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
 from fopru.efficiency.flops import FlopsBreakdown, llava_flops
 from fopru.errors import ConfigError
@@ -24,12 +23,28 @@ from fopru.models.base import (
     prompt_text,
     prune_images,
 )
-from fopru.models.tiny.llava import build_tiny_llava
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline
+
+
+def llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    """LLaVA-1.5's processor around ``tokenizer``: the PIL CLIP image processor at ``image_size`` (resize the short
+    side, centre crop), one ``<image>`` placeholder per patch plus one for [CLS] (dropped by the "default"
+    feature selection)."""
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
 
 
 def encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
@@ -61,9 +76,6 @@ class LlavaAdapter(TargetModel):
 
     model_class: Any = LlavaForConditionalGeneration
     processor_class: Any = LlavaProcessor
-
-    def build_tiny(self, folder: Path) -> None:
-        build_tiny_llava(folder)
 
     def vision_layers(self) -> nn.ModuleList:
         return encoder_layers(self.model.model.vision_tower)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +16,6 @@ from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.base import SAMPLE_KEYS, KeptImage, LanguageInputs, projector_tokens, prune_images
 from fopru.models.llava import LlavaAdapter
-from fopru.models.tiny.llava_next import build_tiny_llava_next
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
@@ -109,9 +107,6 @@ class LlavaNextAdapter(LlavaAdapter):
 
     model_class: Any = LlavaNextForConditionalGeneration
     processor_class: Any = LlavaNextProcessor
-
-    def build_tiny(self, folder: Path) -> None:
-        build_tiny_llava_next(folder)
 
     def crop_counts(self, image_sizes: torch.Tensor) -> list[int]:
         """Crops (base image + tiles) of each image, as the model counts them."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -113,12 +112,6 @@ class Qwen2VLAdapter(TargetModel):
     processor_class: Any = ImageOnlyQwen2VLProcessor
     position_modes = ("original",)
     prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}{{text}}<|im_end|>\n<|im_start|>assistant\n"
-
-    def build_tiny(self, folder: Path) -> None:
-        # Imported here: the fixture module imports this module's image-only processors.
-        from fopru.models.tiny.qwen2_vl import build_tiny_qwen2_vl
-
-        build_tiny_qwen2_vl(folder)
 
     def load_processor(self, path: str) -> Any:
         processor = self.processor_class.from_pretrained(path)
@@ -305,11 +298,6 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
 
     model_class: Any = Qwen2_5_VLForConditionalGeneration
     processor_class: Any = ImageOnlyQwen25VLProcessor
-
-    def build_tiny(self, folder: Path) -> None:
-        from fopru.models.tiny.qwen2_vl import build_tiny_qwen25_vl
-
-        build_tiny_qwen25_vl(folder)
 
     def full_attention_layers(self) -> list[int]:
         """Indices of the vision blocks that attend over the whole image."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,11 @@ from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
-from fopru.strategies.base import PruningStrategy, StrategyInputs
+from fopru.strategies.base import StrategyInputs
 from fopru.timing import PhaseTimer
 
 if TYPE_CHECKING:
-    from fopru.pipeline import PruningPipeline
+    from fopru.pipeline import PruningPipeline, PruningRequest
 
 #: The entry of a prepared batch holding one sample key per image ((I,) int64, :func:`fopru.seeding.sample_key`):
 #: random pruning components seed each image's draws from it (see :meth:`TargetModel.prepare`).
@@ -121,6 +121,54 @@ class Generation:
     prompt_cache_length: int
     layer_cache_lengths: tuple[int, ...] = ()
     survivors: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass(frozen=True)
+class VisualGroup:
+    """Encoded images that share one layout: what a family hands the shared pruning step.
+
+    Attributes:
+        features: (I, N, D) vision features of each image's N candidate tokens, in layout order.
+        attention: the tapped layer's summary over the same tokens, or ``None`` when nothing reads attention.
+        layout: the images' layout (grids, [CLS] present in the tower's sequence or not, merge factor).
+        project: vision features to language-model-width embeddings (the identity where the encoder's output is
+            already projected).
+        placeholders: each image's placeholder count in the prompt (N, or more where the family adds tokens).
+        finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines);
+            ``None`` where kept tokens index the placeholders directly.
+    """
+
+    features: torch.Tensor
+    attention: AttentionSummary | None
+    layout: VisualLayout
+    project: Callable[[torch.Tensor], torch.Tensor]
+    placeholders: int
+    finish: Callable[[KeptImage], KeptImage] | None = None
+
+
+@dataclass(frozen=True)
+class SampleCost:
+    """A family's analytic FLOPs of one sample, before the pruning costs the shared skeleton adds.
+
+    Attributes:
+        breakdown: vision encoder, projector and language model on the tokens that reached it.
+        tapped: the patch count of every attention call of the tapped layer (one per image, or per crop).
+        has_cls: whether the tapped layer's sequence holds a [CLS] token besides those patches.
+        width: the tapped layer's width.
+    """
+
+    breakdown: FlopsBreakdown
+    tapped: tuple[int, ...]
+    has_cls: bool
+    width: int
+
+
+def tap_flops(patches: int, width: int, has_cls: bool) -> int:
+    """Matrix-product FLOPs the tap adds to one attention call: the tapped layer's queries times its keys over the
+    whole sequence (patches, plus [CLS]), and, with [CLS], once more its query against every key at full width
+    (the joint softmax, :attr:`AttentionSummary.cls_joint`)."""
+    sequence = patches + int(has_cls)
+    return 2 * sequence * (sequence + int(has_cls)) * width
 
 
 def assemble_sequences(
@@ -224,9 +272,19 @@ def _left_pad(
 class TargetModel(ABC):
     """An adapter for one LVLM family.
 
-    Constructor arguments are config-time values; :meth:`load` builds the model and processor. Subclasses name the
-    transformers classes and implement :meth:`prefill_inputs` (encode images, prune, assemble) and
-    :meth:`vision_layers`; the greedy decode loop, the tap and the loading are shared.
+    Constructor arguments are config-time values; :meth:`load` builds the model and processor. The skeleton is
+    shared: :meth:`prefill_inputs` (encode, prune, assemble), :meth:`flops` (the family's costs plus the tap's and
+    the strategy's), the tap, the greedy decode loop and the loading. A family names the transformers classes
+    (``model_class``, ``processor_class``) and implements what is its own:
+
+    - :meth:`vision_layers`: the vision encoder's transformer layers, in order;
+    - :meth:`attention_of`: the attention module of one of them (where the tap hooks in);
+    - :meth:`default_tap_layer`: the layer significance comes from by default;
+    - :meth:`visual_groups`: the batch's images encoded into :class:`VisualGroup` s (features, tapped attention,
+      layout with its grids and [CLS], projector, placeholder count);
+
+    and may override :meth:`base_positions` (1-D positions over real tokens by default; Qwen's M-RoPE index),
+    :meth:`sample_costs` (its FLOPs accounting), :meth:`resolve_positions` and :meth:`load_processor`.
 
     Args:
         checkpoint: a hub id (``llava-hf/llava-1.5-7b-hf``), a local folder, or ``tiny:<name>`` for the seeded
@@ -321,22 +379,89 @@ class TargetModel(ABC):
         """Index (0-based) of the vision layer whose attention significance comes from by default."""
 
     @abstractmethod
+    def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """The batch's images, encoded (tapping what ``request`` asks for), as groups of same-layout images in the
+        order images appear across the batch."""
+
+    def base_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(P, B, L) position ids of the processor's unpruned prompt: 0.. over each sample's real tokens (1-D RoPE);
+        families with their own position index (M-RoPE) override it."""
+        attention_mask = batch["attention_mask"]
+        return (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
+
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
+        request = pipeline.request
+        positions = self.resolve_positions(request.positions)
+        groups = self.visual_groups(batch, request)
+        with self.phase("pruning"):
+            placeholders = [group.placeholders for group in groups for _ in range(group.features.shape[0])]
+            text = self.prompt_text(batch, placeholders) if request.text else None
+            all_keys = batch.get(SAMPLE_KEYS)
+            images: list[KeptImage] = []
+            first = 0
+            for group in groups:
+                part = slice(first, first + group.features.shape[0])
+                first = part.stop
+                kept = prune_images(
+                    pipeline,
+                    group.attention,
+                    group.features,
+                    group.layout,
+                    group.project,
+                    None if text is None else (text[0][part], text[1][part]),
+                    None if all_keys is None else all_keys[part],
+                )
+                images += kept if group.finish is None else [group.finish(image) for image in kept]
+            with torch.no_grad():
+                base_positions = self.base_positions(batch)
+            return assemble_sequences(
+                batch["input_ids"],
+                batch["attention_mask"],
+                base_positions,
+                int(self.model.config.image_token_id),
+                images,
+                positions,
+                self.model.get_input_embeddings(),
+            )
+
+    def prompt_text(
+        self, batch: Mapping[str, torch.Tensor], placeholders: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's prompt text embeddings, for strategies that read them (:func:`prompt_text`)."""
+        return prompt_text(
+            batch["input_ids"],
+            batch["attention_mask"],
+            int(self.model.config.image_token_id),
+            placeholders,
+            self.model.get_input_embeddings(),
+        )
 
     def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """Image ``image`` of a prepared batch as the vision encoder sees it ((H, W, 3) uint8) and the patch grid its
         visual tokens index (row-major), for figures of kept patches; ``None`` for families without a single grid."""
         return None
 
+    def sample_costs(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
+    ) -> list[SampleCost]:
+        """The family's FLOPs of each sample of a prefilled batch (:mod:`fopru.efficiency`), from the token counts
+        that actually reached the LLM; the default says which family lacks them."""
+        raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
+
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
-        """Analytic FLOPs of each sample of a prefilled batch, from the token counts that actually reached the LLM.
-
-        Families implement it with :mod:`fopru.efficiency`; the default says which family lacks it.
-        """
-        raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
+        """Analytic FLOPs of each sample of a prefilled batch: the family's costs (:meth:`sample_costs`), the tap
+        (:func:`tap_flops` per tapped attention call) and the strategy's own products, the in-LLM method's."""
+        request = pipeline.request
+        breakdowns = []
+        for sample, cost in enumerate(self.sample_costs(batch, inputs, request)):
+            tapped = request.reduction is not None
+            tap = sum(tap_flops(patches, cost.width, cost.has_cls) for patches in cost.tapped) if tapped else 0
+            strategy = sum(image.pruning_flops for image in inputs.sample_images(sample))
+            breakdowns.append(replace(cost.breakdown, pruning=float(tap + strategy)))
+        return self.with_llm_pruning(breakdowns, inputs, pipeline)
 
     def with_llm_pruning(
         self, breakdowns: list[FlopsBreakdown], inputs: LanguageInputs, pipeline: PruningPipeline
@@ -380,16 +505,19 @@ class TargetModel(ABC):
             )
         return positions  # type: ignore[return-value]
 
-    def tap_index(self, source: SignificanceSource) -> int:
-        """The vision layer to tap for ``source``: its ``layer`` (Python-style index), else the family default."""
+    def tap_index(self, source: PruningRequest | SignificanceSource) -> int:
+        """The vision layer to tap: ``source.layer`` (Python-style index), else the family default."""
         count = len(self.vision_layers())
         index = self.default_tap_layer() if source.layer is None else source.layer
         if not -count <= index < count:
             raise ConfigError(f"significance.layer={index} is outside the vision encoder's {count} layers")
         return index % count
 
-    def tap(self, source: SignificanceSource, has_cls: bool) -> AbstractContextManager[VisionAttentionTap | None]:
-        """A tap on the layer ``source`` reads, or a no-op for sources that read no attention."""
+    def tap(
+        self, source: PruningRequest | SignificanceSource, has_cls: bool
+    ) -> AbstractContextManager[VisionAttentionTap | None]:
+        """A tap on the layer ``source`` names (a request, or a significance source), or a no-op when it reads no
+        attention (``reduction`` is ``None``)."""
         if source.reduction is None:
             return nullcontext()
         layer = self.vision_layers()[self.tap_index(source)]
@@ -463,7 +591,7 @@ class TargetModel(ABC):
         (:class:`~fopru.models.staged.StagedDecoder`): visual tokens leave the sequence at its boundaries and the
         cache of every later layer holds only the survivors. Without one, the stock forward runs.
         """
-        self.check_positions(pipeline.reorder.positions)
+        self.check_positions(pipeline.request.positions)
         tokenizer = self.processor.tokenizer
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -548,17 +676,17 @@ def prune_images(
     """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
-    it (``needs_text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
-    strategies that read the projected tokens (``needs_projected``) all N tokens are projected once and a pure
+    it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
+    strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
     selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
     counts: each :class:`KeptImage` holds its own.
     """
-    strategy = pipeline.strategy
-    projected = project(features) if strategy.needs_projected else None
+    request = pipeline.request
+    projected = project(features) if request.projected else None
     inputs = StrategyInputs(
         projected=projected,
-        text=text[0] if text is not None and strategy.needs_text else None,
-        text_mask=text[1] if text is not None and strategy.needs_text else None,
+        text=text[0] if text is not None and request.text else None,
+        text_mask=text[1] if text is not None and request.text else None,
         sample_keys=sample_keys,
     )
     selection = pipeline.prune(attention, features, layout, inputs).selection
@@ -580,13 +708,13 @@ def prune_images(
     ]
 
 
-def projector_tokens(strategy: PruningStrategy, num_tokens: int, kept: int) -> int:
+def projector_tokens(request: PruningRequest, num_tokens: int, kept: int) -> int:
     """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
     ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
     strategy also merges)."""
-    if not strategy.needs_projected:
+    if not request.projected:
         return kept
-    return num_tokens + (kept if strategy.merges else 0)
+    return num_tokens + (kept if request.merges else 0)
 
 
 def prompt_text(

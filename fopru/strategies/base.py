@@ -80,7 +80,7 @@ class StrategyInputs:
         if self.attention is None:
             raise ConfigError(
                 f"the {who} strategy reads the vision encoder's attention but none was tapped; the adapter must tap "
-                "it (PruningPipeline.attention_source) or StrategyInputs(attention=...) must be given"
+                "it (PruningPipeline.request) or StrategyInputs(attention=...) must be given"
             )
         chosen = self.attention.cls if self.attention.cls is not None else self.attention.received
         return chosen.float()

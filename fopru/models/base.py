@@ -1,17 +1,18 @@
-"""The target-model contract: one adapter per LVLM family, and what all of them share.
+"""The target-model contract: one adapter per LVLM family, and the skeleton all of them share.
 
 An adapter wraps a real transformers model and its processor. It encodes images (tapping the vision layer the
-significance source asks for), hands visual features to the pruning pipeline, and rebuilds the language model's
-input from the kept tokens. Everything after that (the sequence assembly, positions, the greedy decode loop with a
-KV cache that holds only text and kept visual tokens) is shared here.
+pipeline's request names), hands visual features to the pruning pipeline, and rebuilds the language model's input
+from the kept tokens. The skeleton of that, the greedy decode loop with a KV cache that holds only text and kept
+visual tokens, and the loading are here; the data carriers are in :mod:`fopru.models.inputs`, the sequence assembly
+in :mod:`fopru.models.sequence`, the pruning glue in :mod:`fopru.models.pruning`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,252 +22,19 @@ from transformers import DynamicCache
 
 from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
-from fopru.layout import VisualLayout
 from fopru.llm_pruning.base import trailing_text
+from fopru.models.inputs import SAMPLE_KEYS, Generation, KeptImage, LanguageInputs, SampleCost, VisualGroup
 from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
+from fopru.models.pruning import prune_images, tap_flops
+from fopru.models.sequence import assemble_sequences, prompt_text
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
-from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
-from fopru.strategies.base import StrategyInputs
 from fopru.timing import PhaseTimer
 
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline, PruningRequest
-
-#: The entry of a prepared batch holding one sample key per image ((I,) int64, :func:`fopru.seeding.sample_key`):
-#: random pruning components seed each image's draws from it (see :meth:`TargetModel.prepare`).
-SAMPLE_KEYS = "sample_keys"
-
-
-@dataclass(frozen=True)
-class KeptImage:
-    """The visual tokens one image sends to the language model.
-
-    Attributes:
-        embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence.
-        indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
-            representative), the same order.
-        num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
-        pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
-            and the merge product; the tap and the projector are counted by the adapter).
-    """
-
-    embeddings: torch.Tensor
-    indices: torch.Tensor
-    num_tokens: int
-    pruning_flops: int = 0
-
-
-@dataclass(frozen=True)
-class LanguageInputs:
-    """A left-padded batch ready for the language model's prefill.
-
-    Attributes:
-        inputs_embeds: (B, L, D).
-        attention_mask: (B, L) int64, 0 on left padding.
-        position_ids: (P, B, L) int64; P = 1 for 1-D RoPE, 3 for M-RoPE (t, h, w).
-        visual_tokens: (B,) int64, visual tokens per sample that reach the language model.
-        images: every image's kept tokens, in batch order.
-        images_per_sample: how many of ``images`` belong to each sample, in order.
-        visual_mask: (B, L) bool, True where a visual token sits (in-LLM pruning drops only those); ``None`` when
-            the inputs were built by hand.
-    """
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    visual_tokens: torch.Tensor
-    images: tuple[KeptImage, ...]
-    images_per_sample: tuple[int, ...]
-    visual_mask: torch.Tensor | None = None
-
-    @property
-    def text_tokens(self) -> torch.Tensor:
-        """(B,) int64, prompt tokens per sample that are not visual."""
-        return self.attention_mask.sum(dim=1) - self.visual_tokens
-
-    def sample_images(self, sample: int) -> tuple[KeptImage, ...]:
-        """The kept tokens of every image of one sample."""
-        start = sum(self.images_per_sample[:sample])
-        return self.images[start : start + self.images_per_sample[sample]]
-
-    @property
-    def next_position(self) -> torch.Tensor:
-        """(B,) position id of the first generated token: one past the largest prompt position."""
-        masked = self.position_ids.masked_fill(self.attention_mask[None] == 0, -1)
-        return masked.amax(dim=(0, 2)) + 1
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Greedy generation output.
-
-    Attributes:
-        tokens: (B, T) generated token ids, padded with the pad id after end of sequence.
-        texts: decoded strings, special tokens removed.
-        inputs: the prefill inputs (kept visual tokens, positions) that produced them.
-        prompt_cache_length: cached positions right after prefill: the left-padded prompt length L (for one sample,
-            text + kept visual tokens).
-        layer_cache_lengths: cached positions of every language-model layer right after prefill (all equal to
-            ``prompt_cache_length`` without in-LLM pruning; later layers hold fewer with it).
-        survivors: with in-LLM pruning, one (B, L) bool mask over the prefill sequence per boundary: the prompt
-            positions still present after it.
-    """
-
-    tokens: torch.Tensor
-    texts: list[str]
-    inputs: LanguageInputs
-    prompt_cache_length: int
-    layer_cache_lengths: tuple[int, ...] = ()
-    survivors: tuple[torch.Tensor, ...] = ()
-
-
-@dataclass(frozen=True)
-class VisualGroup:
-    """Encoded images that share one layout: what a family hands the shared pruning step.
-
-    Attributes:
-        features: (I, N, D) vision features of each image's N candidate tokens, in layout order.
-        attention: the tapped layer's summary over the same tokens, or ``None`` when nothing reads attention.
-        layout: the images' layout (grids, [CLS] present in the tower's sequence or not, merge factor).
-        project: vision features to language-model-width embeddings (the identity where the encoder's output is
-            already projected).
-        placeholders: each image's placeholder count in the prompt (N, or more where the family adds tokens).
-        finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines);
-            ``None`` where kept tokens index the placeholders directly.
-    """
-
-    features: torch.Tensor
-    attention: AttentionSummary | None
-    layout: VisualLayout
-    project: Callable[[torch.Tensor], torch.Tensor]
-    placeholders: int
-    finish: Callable[[KeptImage], KeptImage] | None = None
-
-
-@dataclass(frozen=True)
-class SampleCost:
-    """A family's analytic FLOPs of one sample, before the pruning costs the shared skeleton adds.
-
-    Attributes:
-        breakdown: vision encoder, projector and language model on the tokens that reached it.
-        tapped: the patch count of every attention call of the tapped layer (one per image, or per crop).
-        has_cls: whether the tapped layer's sequence holds a [CLS] token besides those patches.
-        width: the tapped layer's width.
-    """
-
-    breakdown: FlopsBreakdown
-    tapped: tuple[int, ...]
-    has_cls: bool
-    width: int
-
-
-def tap_flops(patches: int, width: int, has_cls: bool) -> int:
-    """Matrix-product FLOPs the tap adds to one attention call: the tapped layer's queries times its keys over the
-    whole sequence (patches, plus [CLS]), and, with [CLS], once more its query against every key at full width
-    (the joint softmax, :attr:`AttentionSummary.cls_joint`)."""
-    sequence = patches + int(has_cls)
-    return 2 * sequence * (sequence + int(has_cls)) * width
-
-
-def assemble_sequences(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    base_positions: torch.Tensor,
-    image_token_id: int,
-    images: Sequence[KeptImage],
-    positions: Positions,
-    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
-) -> LanguageInputs:
-    """Replace every image's N placeholder tokens by its kept tokens, and give every token its position.
-
-    Args:
-        input_ids, attention_mask: the processor's (B, L_full) prompt with N placeholders per image.
-        base_positions: (P, B, L_full) position ids of the unpruned prompt (LLaVA: 0.. over real tokens; Qwen:
-            the model's own M-RoPE index).
-        image_token_id: the placeholder id.
-        images: the kept tokens of every image, in the order images appear across the batch.
-        positions: ``original``: every token keeps its unpruned position (pruned columns are dropped; text after
-            an image keeps its offset). ``compact``: tokens are re-indexed 0..L-1 over the pruned sequence.
-            Adapters resolve ``auto`` first (:meth:`TargetModel.resolve_positions`).
-        embed_tokens: the language model's input embedding.
-
-    Samples are re-padded on the left to the longest pruned sequence.
-    """
-    image_iter = iter(images)
-    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
-    images_per_sample: list[int] = []
-    for sample in range(input_ids.shape[0]):
-        real = attention_mask[sample].bool()
-        ids = input_ids[sample, real]
-        sample_positions = base_positions[:, sample, real]
-        embeds = embed_tokens(ids)
-        placeholders = (ids == image_token_id).nonzero().flatten().tolist()
-        pieces: list[torch.Tensor] = []
-        piece_positions: list[torch.Tensor] = []
-        piece_visual: list[torch.Tensor] = []
-        cursor = 0
-        visual = 0
-        images_per_sample.append(0)
-        while placeholders:
-            try:
-                image = next(image_iter)
-            except StopIteration:
-                raise ConfigError(
-                    f"sample {sample} has {len(placeholders)} more image placeholder tokens than the images given"
-                ) from None
-            start = placeholders[0]
-            span = placeholders[: image.num_tokens]
-            if len(span) != image.num_tokens or span[-1] - start + 1 != image.num_tokens:
-                raise ConfigError(
-                    f"sample {sample}: expected {image.num_tokens} consecutive placeholder tokens for an image at "
-                    f"position {start}, found {len(span)}; the prompt and the images do not match"
-                )
-            placeholders = placeholders[image.num_tokens :]
-            images_per_sample[-1] += 1
-            pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
-            piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
-            piece_visual += [
-                ids.new_zeros(start - cursor, dtype=torch.bool),
-                ids.new_ones(image.embeddings.shape[0], dtype=torch.bool),
-            ]
-            visual += image.embeddings.shape[0]
-            cursor = start + image.num_tokens
-        pieces.append(embeds[cursor:])
-        piece_positions.append(sample_positions[:, cursor:])
-        piece_visual.append(ids.new_zeros(ids.shape[0] - cursor, dtype=torch.bool))
-        sequence = torch.cat(pieces)
-        sequence_positions = torch.cat(piece_positions, dim=1)
-        if positions == "compact":
-            sequence_positions = torch.arange(sequence.shape[0], device=sequence.device).expand_as(sequence_positions)
-        rows.append((sequence, sequence_positions, visual, torch.cat(piece_visual)))
-    if next(image_iter, None) is not None:
-        raise ConfigError("more images were given than the prompts have placeholders for")
-    return _left_pad(rows, tuple(images), tuple(images_per_sample))
-
-
-def _left_pad(
-    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]],
-    images: tuple[KeptImage, ...],
-    images_per_sample: tuple[int, ...],
-) -> LanguageInputs:
-    length = max(sequence.shape[0] for sequence, _, _, _ in rows)
-    batch = len(rows)
-    first_sequence, first_positions, _, _ = rows[0]
-    embeds = first_sequence.new_zeros((batch, length, first_sequence.shape[1]))
-    mask = torch.zeros((batch, length), dtype=torch.long, device=first_sequence.device)
-    position_ids = torch.ones((first_positions.shape[0], batch, length), dtype=torch.long, device=first_sequence.device)
-    visual_mask = torch.zeros((batch, length), dtype=torch.bool, device=first_sequence.device)
-    for sample, (sequence, sequence_positions, _, is_visual) in enumerate(rows):
-        pad = length - sequence.shape[0]
-        embeds[sample, pad:] = sequence
-        mask[sample, pad:] = 1
-        position_ids[:, sample, pad:] = sequence_positions
-        visual_mask[sample, pad:] = is_visual
-    visual = torch.tensor([count for _, _, count, _ in rows], device=first_sequence.device)
-    return LanguageInputs(embeds, mask, position_ids, visual, images, images_per_sample, visual_mask)
 
 
 class TargetModel(ABC):
@@ -662,103 +430,3 @@ def _survivors(segment: Segment, length: int) -> torch.Tensor:
     present = torch.zeros((index.shape[0], length + 1), dtype=torch.bool, device=index.device)
     present.scatter_(1, index.masked_fill(index < 0, length), True)
     return present[:, :length]
-
-
-def prune_images(
-    pipeline: PruningPipeline,
-    attention: AttentionSummary | None,
-    features: torch.Tensor,
-    layout: VisualLayout,
-    project: Callable[[torch.Tensor], torch.Tensor],
-    text: tuple[torch.Tensor, torch.Tensor] | None = None,
-    sample_keys: torch.Tensor | None = None,
-) -> list[KeptImage]:
-    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
-
-    ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
-    it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
-    strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
-    selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
-    counts: each :class:`KeptImage` holds its own.
-    """
-    request = pipeline.request
-    projected = project(features) if request.projected else None
-    inputs = StrategyInputs(
-        projected=projected,
-        text=text[0] if text is not None and request.text else None,
-        text_mask=text[1] if text is not None and request.text else None,
-        sample_keys=sample_keys,
-    )
-    selection = pipeline.prune(attention, features, layout, inputs).selection
-    if projected is not None and selection.weights is None:
-        embeddings = selection.gather(projected)
-    else:
-        embeddings = project(selection.gather(features))
-    counts = selection.kept_per_sample.tolist()
-    # The merge product weights @ features: (k x N) @ (N x D) per image.
-    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
-    return [
-        KeptImage(
-            embeddings[image, :count],
-            selection.indices[image, :count],
-            layout.num_tokens,
-            selection.flops + merge * count,
-        )
-        for image, count in enumerate(counts)
-    ]
-
-
-def projector_tokens(request: PruningRequest, num_tokens: int, kept: int) -> int:
-    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
-    ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
-    strategy also merges)."""
-    if not request.projected:
-        return kept
-    return num_tokens + (kept if request.merges else 0)
-
-
-def prompt_text(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    image_token_id: int,
-    placeholders: Sequence[int],
-    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's prompt text in the language model's input space, for text-guided strategies.
-
-    Args:
-        input_ids, attention_mask: the processor's (B, L) prompts.
-        image_token_id: the image placeholder id.
-        placeholders: every image's placeholder count, in the order images appear across the batch (how images
-            are matched to samples).
-        embed_tokens: the language model's input embedding.
-
-    Returns:
-        (I, T, D) embeddings of the real non-placeholder tokens of each image's sample (right-padded with zeros)
-        and their (I, T) bool mask.
-    """
-    texts: list[torch.Tensor] = []
-    image = 0
-    for sample in range(input_ids.shape[0]):
-        ids = input_ids[sample, attention_mask[sample].bool()]
-        is_image = ids == image_token_id
-        remaining = int(is_image.sum())
-        embedded = embed_tokens(ids[~is_image])
-        while remaining > 0:
-            if image >= len(placeholders):
-                raise ConfigError(f"sample {sample} has more image placeholders than the images given")
-            remaining -= placeholders[image]
-            texts.append(embedded)
-            image += 1
-    if image != len(placeholders):
-        raise ConfigError(f"{len(placeholders)} images were given but the prompts hold placeholders for {image}")
-    if not texts:
-        raise ConfigError("text-guided pruning needs at least one image in the batch")
-    length = max(1, *(text.shape[0] for text in texts))
-    width = texts[0].shape[-1]
-    embeddings = torch.zeros((len(texts), length, width), dtype=torch.float32, device=input_ids.device)
-    mask = torch.zeros((len(texts), length), dtype=torch.bool, device=input_ids.device)
-    for row, text in enumerate(texts):
-        embeddings[row, : text.shape[0]] = text.float()
-        mask[row, : text.shape[0]] = True
-    return embeddings, mask

@@ -12,7 +12,9 @@ from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, L
 from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import LanguageInputs, SampleCost, TargetModel, VisualGroup, projector_tokens
+from fopru.models.base import TargetModel
+from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
+from fopru.models.pruning import projector_tokens
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:

@@ -15,8 +15,9 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import KeptImage, LanguageInputs, SampleCost, VisualGroup, projector_tokens
+from fopru.models.inputs import KeptImage, LanguageInputs, SampleCost, VisualGroup
 from fopru.models.llava import LlavaAdapter
+from fopru.models.pruning import projector_tokens
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ from transformers import (
 from fopru.efficiency.flops import qwen2_vl_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import LanguageInputs, SampleCost, TargetModel, VisualGroup
+from fopru.models.base import TargetModel
+from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary

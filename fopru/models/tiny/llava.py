@@ -18,6 +18,14 @@ from fopru.models.word_tokenizer import word_tokenizer
 
 IMAGE_SIZE, PATCH_SIZE = 48, 8
 
+#: Two samples for the adapter contract tests: prompts in the tiny vocabulary and the (width, height) of their
+#: images.
+EXAMPLE_PROMPTS = (
+    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
+    "USER: <image>\nwhat color ? ASSISTANT:",
+)
+EXAMPLE_SIZES = ((48, 48), (48, 48))
+
 
 def clip_and_llama(tokenizer: PreTrainedTokenizerFast, max_positions: int) -> tuple[CLIPVisionConfig, LlamaConfig]:
     """The tiny CLIP vision tower (4 layers, 6 x 6 patches + [CLS]) and Llama (2 layers, GQA 4/2) of the LLaVAs."""

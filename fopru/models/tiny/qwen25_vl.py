@@ -9,7 +9,9 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from fopru.models.qwen2_vl import ImageOnlyQwen25VLProcessor
-from fopru.models.tiny.qwen2_vl import (
+from fopru.models.tiny.qwen2_vl import (  # noqa: F401  (the examples are shared)
+    EXAMPLE_PROMPTS,
+    EXAMPLE_SIZES,
     MERGE_SIZE,
     PATCH_SIZE,
     VISION_SPECIALS,

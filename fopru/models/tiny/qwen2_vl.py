@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from fopru.models.qwen2_vl import ImageOnlyQwen2VLProcessor
+from fopru.models.qwen2_vl import IMAGE_PROMPT, ImageOnlyQwen2VLProcessor
 from fopru.models.word_tokenizer import word_tokenizer
 
 PATCH_SIZE, MERGE_SIZE, WINDOW_SIZE = 4, 2, 16
@@ -32,6 +32,14 @@ _TOKEN_NAMES = {
     "vision_start_token_id": "<|vision_start|>",
     "vision_end_token_id": "<|vision_end|>",
 }
+
+#: Two samples for the adapter contract tests: prompts in the tiny vocabulary and the (width, height) of their
+#: images (multiples of 28 with different grids: 7 x 7 and 7 x 10 merged tokens).
+EXAMPLE_PROMPTS = (
+    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
+    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
+)
+EXAMPLE_SIZES = ((56, 56), (84, 56))
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:

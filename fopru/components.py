@@ -13,28 +13,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
-from fopru.eval.tracking import ResultLogger
-from fopru.llm_pruning.base import LLMPruning
-from fopru.models.base import TargetModel
-from fopru.reorder.base import ReorderPolicy
-from fopru.significance.base import SignificanceSource
-from fopru.strategies.base import PruningStrategy
-from fopru.train.recipe import TrainingRecipe
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-BASES: dict[str, type] = {
-    "significance": SignificanceSource,
-    "strategy": PruningStrategy,
-    "reorder": ReorderPolicy,
-    "model": TargetModel,
-    "data": Benchmark,
-    "logger": ResultLogger,
-    "llm_pruning": LLMPruning,
-    "train": TrainingRecipe,
-}
 
 T = TypeVar("T")
 

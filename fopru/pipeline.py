@@ -25,14 +25,25 @@ class PrunedTokens:
     significance: torch.Tensor
 
 
-class StrategyAttention(SignificanceSource):
-    """The tap a strategy that reads attention needs behind a source that reads none (``significance=uniform``):
-    the default layer, probabilities, [CLS] dropped after the softmax. It scores nothing itself."""
+@dataclass(frozen=True)
+class PruningRequest:
+    """What a configured pipeline needs from the adapter, stated once so that adapters never read its parts.
 
-    reduction = AttentionReduction()
+    Attributes:
+        layer: the vision layer to tap (0-based, negative from the end); ``None``: the family's default.
+        reduction: how the tapped layer's attention is summarised; ``None``: no tap (nothing reads attention).
+        projected: the strategy reads every token projected into the LLM's space (a projector pass over all N).
+        merges: the strategy returns merged tokens (weighted combinations), which it projects after merging.
+        text: the strategy reads the prompt's text embeddings.
+        positions: the reorder policy's position mode (``compact``, ``original`` or ``auto``).
+    """
 
-    def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
-        raise TypeError("StrategyAttention only says which layer to tap; it is not a significance source")
+    layer: int | None
+    reduction: AttentionReduction | None
+    projected: bool
+    merges: bool
+    text: bool
+    positions: str
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,21 @@ class PruningPipeline:
         )
 
     @property
-    def attention_source(self) -> SignificanceSource:
-        """Whose ``layer`` and ``reduction`` the adapter taps: the significance source, or, when only the strategy
-        reads attention (``strategy.needs_attention`` with e.g. ``significance=norm``), :class:`StrategyAttention`.
-        A strategy that reads attention thus gets the significance source's layer and reduction when it has one."""
-        if self.significance.reduction is None and self.strategy.needs_attention:
-            return StrategyAttention()
-        return self.significance
+    def request(self) -> PruningRequest:
+        """What the adapter must hand over. The tap is the significance source's layer and reduction; when only
+        the strategy reads attention (``strategy.needs_attention`` with e.g. ``significance=norm``), the family's
+        default layer with probabilities, [CLS] dropped after the softmax."""
+        layer, reduction = self.significance.layer, self.significance.reduction
+        if reduction is None and self.strategy.needs_attention:
+            layer, reduction = None, AttentionReduction()
+        return PruningRequest(
+            layer=layer,
+            reduction=reduction,
+            projected=self.strategy.needs_projected,
+            merges=self.strategy.merges,
+            text=self.strategy.needs_text,
+            positions=self.reorder.positions,
+        )
 
     def prune(
         self,

@@ -3,8 +3,9 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from fopru.components import BASES, CONFIG_DIR, build, choices, load
+from fopru.components import CONFIG_DIR, build, choices, load
 from fopru.errors import ConfigError
+from fopru.groups import BASES
 from fopru.strategies import PruningStrategy
 
 

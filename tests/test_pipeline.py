@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from fopru.components import CONFIG_DIR, load
 from fopru.layout import Budget, VisualLayout
-from fopru.pipeline import PruningPipeline, StrategyAttention
+from fopru.pipeline import PruningPipeline
 from fopru.reorder import OriginalOrder
 from fopru.significance import AttentionReduction, AttentionSummary, ClsSignificance, SignificanceSource
 from fopru.strategies import PruMergeStrategy, PruningStrategy, RankStrategy
@@ -32,13 +32,23 @@ def pipeline_of(significance: str, strategy: str) -> PruningPipeline:
 
 
 def test_a_strategy_that_reads_attention_gets_a_tap_whatever_the_source() -> None:
-    alone = pipeline_of("uniform", "visionzip").attention_source
-    assert isinstance(alone, StrategyAttention)
+    alone = pipeline_of("uniform", "visionzip").request
     assert alone.reduction == AttentionReduction() and alone.layer is None
     focal = pipeline_of("focal", "visionzip")
-    assert focal.attention_source is focal.significance  # its layer and reduction serve both
-    assert pipeline_of("uniform", "rank").attention_source.reduction is None  # no tap at all
-    assert pipeline_of("norm", "divprune").attention_source.reduction is None  # DivPrune reads no attention
+    request = focal.request  # the source's layer and reduction serve both
+    assert request.reduction is focal.significance.reduction and request.layer == focal.significance.layer
+    assert pipeline_of("uniform", "rank").request.reduction is None  # no tap at all
+    assert pipeline_of("norm", "divprune").request.reduction is None  # DivPrune reads no attention
+
+
+def test_the_request_states_what_the_strategy_and_reorder_need() -> None:
+    for significance, strategy in (("focal", "rank"), ("uniform", "adafv"), ("norm", "divprune"), ("cls", "pool")):
+        pipeline = pipeline_of(significance, strategy)
+        request = pipeline.request
+        assert request.projected == pipeline.strategy.needs_projected
+        assert request.text == pipeline.strategy.needs_text
+        assert request.merges == pipeline.strategy.merges
+        assert request.positions == pipeline.reorder.positions
 
 
 def test_adaptive_selections_are_reordered_sample_by_sample() -> None:

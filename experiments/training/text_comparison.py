@@ -29,7 +29,7 @@ import easy_vqa
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlavaProcessor
 
-from fopru.data.prompts import SHORT_ANSWER
+from fopru.prompts import SHORT_ANSWER
 
 COLOURS = ["red", "green", "blue", "black", "gray", "teal", "brown", "yellow"]
 SHAPES = ["circle", "rectangle", "triangle"]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-from fopru.data.prompts import SHORT_ANSWER
+from fopru.prompts import SHORT_ANSWER
 
 COLOURS = {"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"}
 SHAPES = {"circle", "rectangle", "triangle"}

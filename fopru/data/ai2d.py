@@ -7,8 +7,8 @@ from typing import Any
 
 from fopru.data.hub import MultipleChoiceBenchmark
 from fopru.data.metrics import ai2d_correct
-from fopru.data.prompts import OPTION_LETTER, lettered, option_letter
 from fopru.data.scoring import GenerationSettings, per_protocol
+from fopru.prompts import OPTION_LETTER, lettered, option_letter
 
 
 class AI2DBenchmark(MultipleChoiceBenchmark):

@@ -11,9 +11,9 @@ from datasets import Dataset, Features, Image
 from fopru.data.base import Benchmark, average
 from fopru.data.loading import assemble, sample_positions
 from fopru.data.metrics import exact_match, lmms_eval_exact_match
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.data.scoring import DEFAULT_SCORING, GenerationSettings, per_protocol
 from fopru.errors import ConfigError
+from fopru.prompts import SHORT_ANSWER
 
 
 class EasyVQABenchmark(Benchmark):

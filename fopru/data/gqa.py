@@ -11,9 +11,9 @@ from fopru.data.base import average
 from fopru.data.hub import HubBenchmark
 from fopru.data.loading import load_split, require_columns
 from fopru.data.metrics import exact_match, lmms_eval_exact_match
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.data.scoring import DEFAULT_SCORING, GenerationSettings, per_protocol
 from fopru.errors import ConfigError
+from fopru.prompts import SHORT_ANSWER
 
 
 class GQABenchmark(HubBenchmark):

@@ -19,7 +19,7 @@ import huggingface_hub
 from datasets import Dataset, Image, concatenate_datasets, load_dataset, load_from_disk
 
 from fopru.errors import ConfigError
-from fopru.models.loading import hub_reachable
+from fopru.hub import hub_reachable
 
 RGB_IMAGE = Image(mode="RGB")  # lmms-eval's doc_to_visual calls .convert("RGB") on every image
 

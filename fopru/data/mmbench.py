@@ -10,9 +10,9 @@ from datasets import Dataset
 
 from fopru.data.hub import MultipleChoiceBenchmark
 from fopru.data.metrics import mmbench_circular_accuracy, mmbench_scores
-from fopru.data.prompts import OPTION_LETTER
 from fopru.data.scoring import ASSISTANT_TURN, DEFAULT_SCORING, GenerationSettings, per_protocol
 from fopru.errors import ConfigError
+from fopru.prompts import OPTION_LETTER
 
 
 def _present(option: object) -> bool:

@@ -9,8 +9,8 @@ from datasets import Dataset
 
 from fopru.data.hub import HubBenchmark
 from fopru.data.metrics import mme_scores
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.data.scoring import GenerationSettings, per_protocol
+from fopru.prompts import SHORT_ANSWER
 
 
 class MMEBenchmark(HubBenchmark):

@@ -7,8 +7,8 @@ from typing import Any
 
 from fopru.data.hub import HubBenchmark
 from fopru.data.metrics import llava_pope_metrics, lmms_eval_pope_metrics, pope_metrics
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.data.scoring import LLAVA_LOADER, GenerationSettings, per_protocol
+from fopru.prompts import SHORT_ANSWER
 
 
 class PopeBenchmark(HubBenchmark):

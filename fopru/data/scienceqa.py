@@ -8,8 +8,8 @@ from typing import Any
 from fopru.data.base import average
 from fopru.data.hub import MultipleChoiceBenchmark
 from fopru.data.metrics import llava_scienceqa_letter, scienceqa_correct
-from fopru.data.prompts import OPTION_LETTER, lettered, option_letter
 from fopru.data.scoring import LLAVA_SCIENCE, GenerationSettings, per_protocol
+from fopru.prompts import OPTION_LETTER, lettered, option_letter
 
 
 class ScienceQABenchmark(MultipleChoiceBenchmark):

@@ -13,7 +13,6 @@ from datasets import Dataset, Features, Image
 from fopru.data.base import average
 from fopru.data.hub import MultipleChoiceBenchmark
 from fopru.data.metrics import seedbench_correct
-from fopru.data.prompts import OPTION_LETTER, lettered
 from fopru.data.scoring import (
     ASSISTANT_TURN,
     LLAVA_LOADER,
@@ -22,6 +21,7 @@ from fopru.data.scoring import (
     per_protocol,
 )
 from fopru.errors import ConfigError
+from fopru.prompts import OPTION_LETTER, lettered
 
 
 class SEEDBenchmark(MultipleChoiceBenchmark):

@@ -8,8 +8,8 @@ from typing import Any
 from fopru.data.base import average
 from fopru.data.hub import HubBenchmark
 from fopru.data.metrics import lmms_eval_vqa_accuracy, vqa_accuracy
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.data.scoring import GenerationSettings, per_protocol
+from fopru.prompts import SHORT_ANSWER
 
 
 class VQAv2Benchmark(HubBenchmark):

@@ -31,9 +31,9 @@ from fopru.eval.locking import exclusive_results_folder, launched_as_extra_rank
 from fopru.eval.module import EvaluationModule
 from fopru.eval.records import finished_ids, read_records
 from fopru.eval.result import Latency, RunResult
-from fopru.eval.timing import PhaseTimer
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
+from fopru.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,18 @@
-"""The target-model contract: one adapter per LVLM family, and what all of them share.
+"""The target-model contract: one adapter per LVLM family, and the skeleton all of them share.
 
 An adapter wraps a real transformers model and its processor. It encodes images (tapping the vision layer the
-significance source asks for), hands visual features to the pruning pipeline, and rebuilds the language model's
-input from the kept tokens. Everything after that (the sequence assembly, positions, the greedy decode loop with a
-KV cache that holds only text and kept visual tokens) is shared here.
+pipeline's request names), hands visual features to the pruning pipeline, and rebuilds the language model's input
+from the kept tokens. The skeleton of that, the greedy decode loop with a KV cache that holds only text and kept
+visual tokens, and the loading are here; the data carriers are in :mod:`fopru.models.inputs`, the sequence assembly
+in :mod:`fopru.models.sequence`, the pruning glue in :mod:`fopru.models.pruning`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,106 +22,19 @@ from transformers import DynamicCache
 
 from fopru.efficiency.flops import FlopsBreakdown, with_layer_tokens
 from fopru.errors import ConfigError
-from fopru.eval.timing import PhaseTimer
-from fopru.layout import VisualLayout
 from fopru.llm_pruning.base import trailing_text
+from fopru.models.inputs import SAMPLE_KEYS, Generation, KeptImage, LanguageInputs, SampleCost, VisualGroup
 from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
+from fopru.models.pruning import prune_images, tap_flops
+from fopru.models.sequence import assemble_sequences, prompt_text
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
-from fopru.significance.attention import AttentionSummary
 from fopru.significance.base import SignificanceSource
-from fopru.strategies.base import PruningStrategy, StrategyInputs
+from fopru.timing import PhaseTimer
 
 if TYPE_CHECKING:
-    from fopru.pipeline import PruningPipeline
-
-#: The entry of a prepared batch holding one sample key per image ((I,) int64, :func:`fopru.seeding.sample_key`):
-#: random pruning components seed each image's draws from it (see :meth:`TargetModel.prepare`).
-SAMPLE_KEYS = "sample_keys"
-
-
-@dataclass(frozen=True)
-class KeptImage:
-    """The visual tokens one image sends to the language model.
-
-    Attributes:
-        embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence.
-        indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
-            representative), the same order.
-        num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
-        pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
-            and the merge product; the tap and the projector are counted by the adapter).
-    """
-
-    embeddings: torch.Tensor
-    indices: torch.Tensor
-    num_tokens: int
-    pruning_flops: int = 0
-
-
-@dataclass(frozen=True)
-class LanguageInputs:
-    """A left-padded batch ready for the language model's prefill.
-
-    Attributes:
-        inputs_embeds: (B, L, D).
-        attention_mask: (B, L) int64, 0 on left padding.
-        position_ids: (P, B, L) int64; P = 1 for 1-D RoPE, 3 for M-RoPE (t, h, w).
-        visual_tokens: (B,) int64, visual tokens per sample that reach the language model.
-        images: every image's kept tokens, in batch order.
-        images_per_sample: how many of ``images`` belong to each sample, in order.
-        visual_mask: (B, L) bool, True where a visual token sits (in-LLM pruning drops only those); ``None`` when
-            the inputs were built by hand.
-    """
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    visual_tokens: torch.Tensor
-    images: tuple[KeptImage, ...]
-    images_per_sample: tuple[int, ...]
-    visual_mask: torch.Tensor | None = None
-
-    @property
-    def text_tokens(self) -> torch.Tensor:
-        """(B,) int64, prompt tokens per sample that are not visual."""
-        return self.attention_mask.sum(dim=1) - self.visual_tokens
-
-    def sample_images(self, sample: int) -> tuple[KeptImage, ...]:
-        """The kept tokens of every image of one sample."""
-        start = sum(self.images_per_sample[:sample])
-        return self.images[start : start + self.images_per_sample[sample]]
-
-    @property
-    def next_position(self) -> torch.Tensor:
-        """(B,) position id of the first generated token: one past the largest prompt position."""
-        masked = self.position_ids.masked_fill(self.attention_mask[None] == 0, -1)
-        return masked.amax(dim=(0, 2)) + 1
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Greedy generation output.
-
-    Attributes:
-        tokens: (B, T) generated token ids, padded with the pad id after end of sequence.
-        texts: decoded strings, special tokens removed.
-        inputs: the prefill inputs (kept visual tokens, positions) that produced them.
-        prompt_cache_length: cached positions right after prefill: the left-padded prompt length L (for one sample,
-            text + kept visual tokens).
-        layer_cache_lengths: cached positions of every language-model layer right after prefill (all equal to
-            ``prompt_cache_length`` without in-LLM pruning; later layers hold fewer with it).
-        survivors: with in-LLM pruning, one (B, L) bool mask over the prefill sequence per boundary: the prompt
-            positions still present after it.
-    """
-
-    tokens: torch.Tensor
-    texts: list[str]
-    inputs: LanguageInputs
-    prompt_cache_length: int
-    layer_cache_lengths: tuple[int, ...] = ()
-    survivors: tuple[torch.Tensor, ...] = ()
+    from fopru.pipeline import PruningPipeline, PruningRequest
 
 
 #: Attention kernels transformers can run besides its registered ones.
@@ -162,110 +76,22 @@ def check_device(device: str) -> str:
     return device
 
 
-def assemble_sequences(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    base_positions: torch.Tensor,
-    image_token_id: int,
-    images: Sequence[KeptImage],
-    positions: Positions,
-    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
-) -> LanguageInputs:
-    """Replace every image's N placeholder tokens by its kept tokens, and give every token its position.
-
-    Args:
-        input_ids, attention_mask: the processor's (B, L_full) prompt with N placeholders per image.
-        base_positions: (P, B, L_full) position ids of the unpruned prompt (LLaVA: 0.. over real tokens; Qwen:
-            the model's own M-RoPE index).
-        image_token_id: the placeholder id.
-        images: the kept tokens of every image, in the order images appear across the batch.
-        positions: ``original``: every token keeps its unpruned position (pruned columns are dropped; text after
-            an image keeps its offset). ``compact``: tokens are re-indexed 0..L-1 over the pruned sequence.
-            Adapters resolve ``auto`` first (:meth:`TargetModel.resolve_positions`).
-        embed_tokens: the language model's input embedding.
-
-    Samples are re-padded on the left to the longest pruned sequence.
-    """
-    image_iter = iter(images)
-    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]] = []
-    images_per_sample: list[int] = []
-    for sample in range(input_ids.shape[0]):
-        real = attention_mask[sample].bool()
-        ids = input_ids[sample, real]
-        sample_positions = base_positions[:, sample, real]
-        embeds = embed_tokens(ids)
-        placeholders = (ids == image_token_id).nonzero().flatten().tolist()
-        pieces: list[torch.Tensor] = []
-        piece_positions: list[torch.Tensor] = []
-        piece_visual: list[torch.Tensor] = []
-        cursor = 0
-        visual = 0
-        images_per_sample.append(0)
-        while placeholders:
-            try:
-                image = next(image_iter)
-            except StopIteration:
-                raise ConfigError(
-                    f"sample {sample} has {len(placeholders)} more image placeholder tokens than the images given"
-                ) from None
-            start = placeholders[0]
-            span = placeholders[: image.num_tokens]
-            if len(span) != image.num_tokens or span[-1] - start + 1 != image.num_tokens:
-                raise ConfigError(
-                    f"sample {sample}: expected {image.num_tokens} consecutive placeholder tokens for an image at "
-                    f"position {start}, found {len(span)}; the prompt and the images do not match"
-                )
-            placeholders = placeholders[image.num_tokens :]
-            images_per_sample[-1] += 1
-            pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
-            piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
-            piece_visual += [
-                ids.new_zeros(start - cursor, dtype=torch.bool),
-                ids.new_ones(image.embeddings.shape[0], dtype=torch.bool),
-            ]
-            visual += image.embeddings.shape[0]
-            cursor = start + image.num_tokens
-        pieces.append(embeds[cursor:])
-        piece_positions.append(sample_positions[:, cursor:])
-        piece_visual.append(ids.new_zeros(ids.shape[0] - cursor, dtype=torch.bool))
-        sequence = torch.cat(pieces)
-        sequence_positions = torch.cat(piece_positions, dim=1)
-        if positions == "compact":
-            sequence_positions = torch.arange(sequence.shape[0], device=sequence.device).expand_as(sequence_positions)
-        rows.append((sequence, sequence_positions, visual, torch.cat(piece_visual)))
-    if next(image_iter, None) is not None:
-        raise ConfigError("more images were given than the prompts have placeholders for")
-    return _left_pad(rows, tuple(images), tuple(images_per_sample))
-
-
-def _left_pad(
-    rows: list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]],
-    images: tuple[KeptImage, ...],
-    images_per_sample: tuple[int, ...],
-) -> LanguageInputs:
-    length = max(sequence.shape[0] for sequence, _, _, _ in rows)
-    batch = len(rows)
-    first_sequence, first_positions, _, _ = rows[0]
-    embeds = first_sequence.new_zeros((batch, length, first_sequence.shape[1]))
-    mask = torch.zeros((batch, length), dtype=torch.long, device=first_sequence.device)
-    position_ids = torch.ones((first_positions.shape[0], batch, length), dtype=torch.long, device=first_sequence.device)
-    visual_mask = torch.zeros((batch, length), dtype=torch.bool, device=first_sequence.device)
-    for sample, (sequence, sequence_positions, _, is_visual) in enumerate(rows):
-        pad = length - sequence.shape[0]
-        embeds[sample, pad:] = sequence
-        mask[sample, pad:] = 1
-        position_ids[:, sample, pad:] = sequence_positions
-        visual_mask[sample, pad:] = is_visual
-    visual = torch.tensor([count for _, _, count, _ in rows], device=first_sequence.device)
-    return LanguageInputs(embeds, mask, position_ids, visual, images, images_per_sample, visual_mask)
-
-
 class TargetModel(ABC):
     """An adapter for one LVLM family.
 
-    Constructor arguments are config-time values; :meth:`load` builds the model and processor. Subclasses name the
-    transformers classes and implement :meth:`prefill_inputs` (encode images, prune, assemble) and
-    :meth:`vision_layers`; the greedy decode loop, the tap and the loading are shared.
+    Constructor arguments are config-time values; :meth:`load` builds the model and processor. The skeleton is
+    shared: :meth:`prefill_inputs` (encode, prune, assemble), :meth:`flops` (the family's costs plus the tap's and
+    the strategy's), the tap, the greedy decode loop and the loading. A family names the transformers classes
+    (``model_class``, ``processor_class``) and implements what is its own:
+
+    - :meth:`vision_layers`: the vision encoder's transformer layers, in order;
+    - :meth:`attention_of`: the attention module of one of them (where the tap hooks in);
+    - :meth:`default_tap_layer`: the layer significance comes from by default;
+    - :meth:`visual_groups`: the batch's images encoded into :class:`VisualGroup` s (features, tapped attention,
+      layout with its grids and [CLS], projector, placeholder count);
+
+    and may override :meth:`base_positions` (1-D positions over real tokens by default; Qwen's M-RoPE index),
+    :meth:`sample_costs` (its FLOPs accounting), :meth:`resolve_positions` and :meth:`load_processor`.
 
     Args:
         checkpoint: a hub id (``llava-hf/llava-1.5-7b-hf``), a local folder, or ``tiny:<name>`` for the seeded
@@ -304,7 +130,7 @@ class TargetModel(ABC):
         self._model: Any = None
         self._config: Any = None
         self._processor: Any = None
-        #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.eval.timing`).
+        #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.timing`).
         self.timer: PhaseTimer | None = None
 
     def phase(self, name: str) -> AbstractContextManager[None]:
@@ -312,10 +138,6 @@ class TargetModel(ABC):
         return self.timer.phase(name) if self.timer is not None else nullcontext()
 
     # -- loading -------------------------------------------------------------------------------------------
-    def build_tiny(self, folder: Path) -> None:
-        """Save a seeded random tiny model and its processor into ``folder`` (test fixtures only)."""
-        raise ConfigError(f"{type(self).__name__} has no tiny fixture")
-
     def build_untrained(self, folder: Path, seed: int) -> None:
         """Save the family's untrained architecture and processor into ``folder``, for ``stage=train``."""
         raise ConfigError(
@@ -326,7 +148,7 @@ class TargetModel(ABC):
     def load(self) -> TargetModel:
         """Load model and processor (once)."""
         if self._model is None:
-            path = resolve_checkpoint(self.checkpoint, self.build_tiny)
+            path = resolve_checkpoint(self.checkpoint)
             self._model = self.model_class.from_pretrained(
                 path, dtype=self.dtype, attn_implementation=self.attn_implementation
             ).to(self.device)
@@ -337,7 +159,7 @@ class TargetModel(ABC):
     def fingerprint(self) -> str:
         """What identifies this checkpoint's weights and processor files (:func:`checkpoint_fingerprint`): a content
         digest for a folder (cached, so a large checkpoint is hashed once), the commit for a hub checkpoint."""
-        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint, self.build_tiny))
+        return checkpoint_fingerprint(resolve_checkpoint(self.checkpoint))
 
     def config(self) -> Any:
         """The checkpoint's transformers config (``config.json`` only, no weights), for checks before loading."""
@@ -346,7 +168,7 @@ class TargetModel(ABC):
         if self._config is None:
             from transformers import AutoConfig
 
-            path = resolve_checkpoint(self.checkpoint, self.build_tiny)
+            path = resolve_checkpoint(self.checkpoint)
             try:
                 self._config = AutoConfig.from_pretrained(path)
             except (OSError, ValueError) as error:
@@ -367,7 +189,7 @@ class TargetModel(ABC):
         """Refuse, from the checkpoint's config alone, what only the model's shape rules out: a tapped layer
         outside the vision encoder, a ``keep_tokens`` above the visual tokens of an image."""
         depth = self.vision_depth()
-        layers = {"significance.layer": pipeline.attention_source.layer, "model.tap_layer": self.tap_layer}
+        layers = {"significance.layer": pipeline.request.layer, "model.tap_layer": self.tap_layer}
         for key, layer in layers.items():
             if layer is not None and not -depth <= layer < depth:
                 raise ConfigError(
@@ -410,22 +232,89 @@ class TargetModel(ABC):
         """Index (0-based) of the vision layer whose attention significance comes from by default."""
 
     @abstractmethod
+    def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """The batch's images, encoded (tapping what ``request`` asks for), as groups of same-layout images in the
+        order images appear across the batch."""
+
+    def base_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(P, B, L) position ids of the processor's unpruned prompt: 0.. over each sample's real tokens (1-D RoPE);
+        families with their own position index (M-RoPE) override it."""
+        attention_mask = batch["attention_mask"]
+        return (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
+
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
+        request = pipeline.request
+        positions = self.resolve_positions(request.positions)
+        groups = self.visual_groups(batch, request)
+        with self.phase("pruning"):
+            placeholders = [group.placeholders for group in groups for _ in range(group.features.shape[0])]
+            text = self.prompt_text(batch, placeholders) if request.text else None
+            all_keys = batch.get(SAMPLE_KEYS)
+            images: list[KeptImage] = []
+            first = 0
+            for group in groups:
+                part = slice(first, first + group.features.shape[0])
+                first = part.stop
+                kept = prune_images(
+                    pipeline,
+                    group.attention,
+                    group.features,
+                    group.layout,
+                    group.project,
+                    None if text is None else (text[0][part], text[1][part]),
+                    None if all_keys is None else all_keys[part],
+                )
+                images += kept if group.finish is None else [group.finish(image) for image in kept]
+            with torch.no_grad():
+                base_positions = self.base_positions(batch)
+            return assemble_sequences(
+                batch["input_ids"],
+                batch["attention_mask"],
+                base_positions,
+                int(self.model.config.image_token_id),
+                images,
+                positions,
+                self.model.get_input_embeddings(),
+            )
+
+    def prompt_text(
+        self, batch: Mapping[str, torch.Tensor], placeholders: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's prompt text embeddings, for strategies that read them (:func:`prompt_text`)."""
+        return prompt_text(
+            batch["input_ids"],
+            batch["attention_mask"],
+            int(self.model.config.image_token_id),
+            placeholders,
+            self.model.get_input_embeddings(),
+        )
 
     def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """Image ``image`` of a prepared batch as the vision encoder sees it ((H, W, 3) uint8) and the patch grid its
         visual tokens index (row-major), for figures of kept patches; ``None`` for families without a single grid."""
         return None
 
+    def sample_costs(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
+    ) -> list[SampleCost]:
+        """The family's FLOPs of each sample of a prefilled batch (:mod:`fopru.efficiency`), from the token counts
+        that actually reached the LLM; the default says which family lacks them."""
+        raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
+
     def flops(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
     ) -> list[FlopsBreakdown]:
-        """Analytic FLOPs of each sample of a prefilled batch, from the token counts that actually reached the LLM.
-
-        Families implement it with :mod:`fopru.efficiency`; the default says which family lacks it.
-        """
-        raise ConfigError(f"{type(self).__name__} has no FLOPs accounting yet")
+        """Analytic FLOPs of each sample of a prefilled batch: the family's costs (:meth:`sample_costs`), the tap
+        (:func:`tap_flops` per tapped attention call) and the strategy's own products, the in-LLM method's."""
+        request = pipeline.request
+        breakdowns = []
+        for sample, cost in enumerate(self.sample_costs(batch, inputs, request)):
+            tapped = request.reduction is not None
+            tap = sum(tap_flops(patches, cost.width, cost.has_cls) for patches in cost.tapped) if tapped else 0
+            strategy = sum(image.pruning_flops for image in inputs.sample_images(sample))
+            breakdowns.append(replace(cost.breakdown, pruning=float(tap + strategy)))
+        return self.with_llm_pruning(breakdowns, inputs, pipeline)
 
     def with_llm_pruning(
         self, breakdowns: list[FlopsBreakdown], inputs: LanguageInputs, pipeline: PruningPipeline
@@ -469,16 +358,19 @@ class TargetModel(ABC):
             )
         return positions  # type: ignore[return-value]
 
-    def tap_index(self, source: SignificanceSource) -> int:
-        """The vision layer to tap for ``source``: its ``layer`` (Python-style index), else the family default."""
+    def tap_index(self, source: PruningRequest | SignificanceSource) -> int:
+        """The vision layer to tap: ``source.layer`` (Python-style index), else the family default."""
         count = len(self.vision_layers())
         index = self.default_tap_layer() if source.layer is None else source.layer
         if not -count <= index < count:
             raise ConfigError(f"significance.layer={index} is outside the vision encoder's {count} layers")
         return index % count
 
-    def tap(self, source: SignificanceSource, has_cls: bool) -> AbstractContextManager[VisionAttentionTap | None]:
-        """A tap on the layer ``source`` reads, or a no-op for sources that read no attention."""
+    def tap(
+        self, source: PruningRequest | SignificanceSource, has_cls: bool
+    ) -> AbstractContextManager[VisionAttentionTap | None]:
+        """A tap on the layer ``source`` names (a request, or a significance source), or a no-op when it reads no
+        attention (``reduction`` is ``None``)."""
         if source.reduction is None:
             return nullcontext()
         layer = self.vision_layers()[self.tap_index(source)]
@@ -552,7 +444,7 @@ class TargetModel(ABC):
         (:class:`~fopru.models.staged.StagedDecoder`): visual tokens leave the sequence at its boundaries and the
         cache of every later layer holds only the survivors. Without one, the stock forward runs.
         """
-        self.check_positions(pipeline.reorder.positions)
+        self.check_positions(pipeline.request.positions)
         tokenizer = self.processor.tokenizer
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -623,103 +515,3 @@ def _survivors(segment: Segment, length: int) -> torch.Tensor:
     present = torch.zeros((index.shape[0], length + 1), dtype=torch.bool, device=index.device)
     present.scatter_(1, index.masked_fill(index < 0, length), True)
     return present[:, :length]
-
-
-def prune_images(
-    pipeline: PruningPipeline,
-    attention: AttentionSummary | None,
-    features: torch.Tensor,
-    layout: VisualLayout,
-    project: Callable[[torch.Tensor], torch.Tensor],
-    text: tuple[torch.Tensor, torch.Tensor] | None = None,
-    sample_keys: torch.Tensor | None = None,
-) -> list[KeptImage]:
-    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
-
-    ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
-    it (``needs_text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
-    strategies that read the projected tokens (``needs_projected``) all N tokens are projected once and a pure
-    selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
-    counts: each :class:`KeptImage` holds its own.
-    """
-    strategy = pipeline.strategy
-    projected = project(features) if strategy.needs_projected else None
-    inputs = StrategyInputs(
-        projected=projected,
-        text=text[0] if text is not None and strategy.needs_text else None,
-        text_mask=text[1] if text is not None and strategy.needs_text else None,
-        sample_keys=sample_keys,
-    )
-    selection = pipeline.prune(attention, features, layout, inputs).selection
-    if projected is not None and selection.weights is None:
-        embeddings = selection.gather(projected)
-    else:
-        embeddings = project(selection.gather(features))
-    counts = selection.kept_per_sample.tolist()
-    # The merge product weights @ features: (k x N) @ (N x D) per image.
-    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
-    return [
-        KeptImage(
-            embeddings[image, :count],
-            selection.indices[image, :count],
-            layout.num_tokens,
-            selection.flops + merge * count,
-        )
-        for image, count in enumerate(counts)
-    ]
-
-
-def projector_tokens(strategy: PruningStrategy, num_tokens: int, kept: int) -> int:
-    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
-    ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
-    strategy also merges)."""
-    if not strategy.needs_projected:
-        return kept
-    return num_tokens + (kept if strategy.merges else 0)
-
-
-def prompt_text(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    image_token_id: int,
-    placeholders: Sequence[int],
-    embed_tokens: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's prompt text in the language model's input space, for text-guided strategies.
-
-    Args:
-        input_ids, attention_mask: the processor's (B, L) prompts.
-        image_token_id: the image placeholder id.
-        placeholders: every image's placeholder count, in the order images appear across the batch (how images
-            are matched to samples).
-        embed_tokens: the language model's input embedding.
-
-    Returns:
-        (I, T, D) embeddings of the real non-placeholder tokens of each image's sample (right-padded with zeros)
-        and their (I, T) bool mask.
-    """
-    texts: list[torch.Tensor] = []
-    image = 0
-    for sample in range(input_ids.shape[0]):
-        ids = input_ids[sample, attention_mask[sample].bool()]
-        is_image = ids == image_token_id
-        remaining = int(is_image.sum())
-        embedded = embed_tokens(ids[~is_image])
-        while remaining > 0:
-            if image >= len(placeholders):
-                raise ConfigError(f"sample {sample} has more image placeholders than the images given")
-            remaining -= placeholders[image]
-            texts.append(embedded)
-            image += 1
-    if image != len(placeholders):
-        raise ConfigError(f"{len(placeholders)} images were given but the prompts hold placeholders for {image}")
-    if not texts:
-        raise ConfigError("text-guided pruning needs at least one image in the batch")
-    length = max(1, *(text.shape[0] for text in texts))
-    width = texts[0].shape[-1]
-    embeddings = torch.zeros((len(texts), length, width), dtype=torch.float32, device=input_ids.device)
-    mask = torch.zeros((len(texts), length), dtype=torch.bool, device=input_ids.device)
-    for row, text in enumerate(texts):
-        embeddings[row, : text.shape[0]] = text.float()
-        mask[row, : text.shape[0]] = True
-    return embeddings, mask

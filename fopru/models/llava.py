@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
 
-from fopru.efficiency.flops import FlopsBreakdown, llava_flops
+from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import (
-    SAMPLE_KEYS,
-    KeptImage,
-    LanguageInputs,
-    TargetModel,
-    assemble_sequences,
-    projector_tokens,
-    prompt_text,
-    prune_images,
-)
-from fopru.models.tiny.llava import build_tiny_llava
-from fopru.reorder.base import Positions
+from fopru.models.base import TargetModel
+from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
+from fopru.models.pruning import projector_tokens
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
-    from fopru.pipeline import PruningPipeline
+    from fopru.pipeline import PruningRequest
+
+
+def llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
+    """LLaVA-1.5's processor around ``tokenizer``: the PIL CLIP image processor at ``image_size`` (resize the short
+    side, centre crop), one ``<image>`` placeholder per patch plus one for [CLS] (dropped by the "default"
+    feature selection)."""
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
 
 
 def encoder_layers(vision_tower: nn.Module) -> nn.ModuleList:
@@ -61,9 +67,6 @@ class LlavaAdapter(TargetModel):
 
     model_class: Any = LlavaForConditionalGeneration
     processor_class: Any = LlavaProcessor
-
-    def build_tiny(self, folder: Path) -> None:
-        build_tiny_llava(folder)
 
     def vision_layers(self) -> nn.ModuleList:
         return encoder_layers(self.model.model.vision_tower)
@@ -108,76 +111,42 @@ class LlavaAdapter(TargetModel):
                 f"{config.vision_feature_layer!r}"
             )
 
+    def image_layout(self) -> VisualLayout:
+        """One image's candidate tokens: its patch grid, after the [CLS] token CLIP towers prepend (the "default"
+        feature selection drops it from the features; it stays in the tapped attention)."""
+        return VisualLayout.from_grid(self.grid(), has_cls=True)
+
     def encode(
-        self, pixel_values: torch.Tensor, pipeline: PruningPipeline
+        self, pixel_values: torch.Tensor, request: PruningRequest, layout: VisualLayout
     ) -> tuple[torch.Tensor, AttentionSummary | None]:
         """(C, n, D_vision) patch features of the layer the projector reads ([CLS] dropped) and the tap's summary."""
         self.check_features()
-        with self.phase("vision"), self.tap(pipeline.attention_source, has_cls=True) as tap:
+        with self.phase("vision"), self.tap(request, has_cls=layout.has_cls) as tap:
             vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
-        features = vision.hidden_states[self.model.config.vision_feature_layer][:, 1:]
+        features = vision.hidden_states[self.model.config.vision_feature_layer][:, int(layout.has_cls) :]
         return features, tap.summary() if tap is not None else None
 
-    def assemble(
-        self, batch: Mapping[str, torch.Tensor], images: Sequence[KeptImage], positions: Positions
-    ) -> LanguageInputs:
-        """The processor's prompts with every image's placeholders replaced by its kept tokens."""
-        attention_mask = batch["attention_mask"]
-        base_positions = (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
-        return assemble_sequences(
-            batch["input_ids"],
-            attention_mask,
-            base_positions,
-            self.model.config.image_token_id,
-            images,
-            positions,
-            self.model.get_input_embeddings(),
-        )
+    def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """Every image has the same grid: one group, pruned at once, projected by the MLP projector."""
+        layout = self.image_layout()
+        features, attention = self.encode(batch["pixel_values"], request, layout)
+        projector = self.model.model.multi_modal_projector
+        return [VisualGroup(features, attention, layout, projector, layout.num_tokens)]
 
-    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
-        positions = self.resolve_positions(pipeline.reorder.positions)
-        features, attention = self.encode(batch["pixel_values"], pipeline)
-        layout = VisualLayout.from_grid(self.grid(), has_cls=True)
-        with self.phase("pruning"):
-            text = self.prompt_text(batch, pipeline, [layout.num_tokens] * features.shape[0])
-            projector = self.model.model.multi_modal_projector
-            keys = batch.get(SAMPLE_KEYS)
-            images = prune_images(pipeline, attention, features, layout, projector, text, keys)
-            return self.assemble(batch, images, positions)
-
-    def prompt_text(
-        self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline, placeholders: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Each image's prompt text embeddings for strategies that read them (``needs_text``), else ``None``."""
-        if not pipeline.strategy.needs_text:
-            return None
-        return prompt_text(
-            batch["input_ids"],
-            batch["attention_mask"],
-            self.model.config.image_token_id,
-            placeholders,
-            self.model.get_input_embeddings(),
-        )
-
-    def flops(
-        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
-    ) -> list[FlopsBreakdown]:
-        """Per sample: vision tower on its images, tap and the strategy's own products (similarities, merge),
-        projector on the kept tokens (on all N for strategies that read projected tokens), LLM on the kept tokens."""
+    def sample_costs(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
+    ) -> list[SampleCost]:
+        """Per sample: vision tower on its images, projector on the kept tokens (on all N for strategies that read
+        projected tokens), LLM on the kept tokens; the tap runs once per image."""
         config = self.model.config
-        vision = config.vision_config
-        rows, cols = self.grid()
-        patches, width = rows * cols, vision.hidden_size
-        # The tap multiplies the tapped layer's queries by its keys: (N + 1)^2 pairs of width d per image, and once
-        # more the [CLS] query by the N + 1 keys at full width (the joint softmax, AttentionSummary.cls_joint).
-        tap = 2 * (patches + 1) * (patches + 2) * width if pipeline.attention_source.reduction is not None else 0
-        breakdowns = []
+        layout = self.image_layout()
+        costs = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):
             kept = inputs.sample_images(sample)
-            projected = sum(projector_tokens(pipeline.strategy, image.num_tokens, len(image.indices)) for image in kept)
+            projected = sum(projector_tokens(request, image.num_tokens, len(image.indices)) for image in kept)
             base = llava_flops(
                 config, int(visual), int(inputs.text_tokens[sample]), images=len(kept), projector_tokens=projected
             )
-            pruning = len(kept) * tap + sum(image.pruning_flops for image in kept)
-            breakdowns.append(replace(base, pruning=float(pruning)))
-        return self.with_llm_pruning(breakdowns, inputs, pipeline)
+            tapped = (layout.num_tokens,) * len(kept)
+            costs.append(SampleCost(base, tapped, layout.has_cls, config.vision_config.hidden_size))
+        return costs

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,17 +12,16 @@ from torch import nn
 from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from fopru.efficiency.flops import FlopsBreakdown, llava_flops
+from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import SAMPLE_KEYS, KeptImage, LanguageInputs, projector_tokens, prune_images
+from fopru.models.inputs import KeptImage, LanguageInputs, SampleCost, VisualGroup
 from fopru.models.llava import LlavaAdapter
-from fopru.models.tiny.llava_next import build_tiny_llava_next
+from fopru.models.pruning import projector_tokens
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
-    from fopru.efficiency.flops import FlopsBreakdown
-    from fopru.pipeline import PruningPipeline
+    from fopru.pipeline import PruningRequest
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,7 @@ class AnyresPacking:
             (``crop * patches_per_crop + patch``); crop 0 is the base image.
         newlines: (rows,) int64 position of each tile-grid row's newline in the packed sequence.
         length: the packed length (grid tokens + newlines): the image's placeholder count in the prompt.
+        has_cls: whether each crop's tower sequence holds a [CLS] token (the crops' :meth:`LlavaAdapter.image_layout`).
     """
 
     base: tuple[int, int]
@@ -50,12 +50,13 @@ class AnyresPacking:
     sources: torch.Tensor
     newlines: torch.Tensor
     length: int
+    has_cls: bool = True
 
     def layout(self) -> VisualLayout:
         """Two grids, base then unpadded tiles, so the budget is split between them."""
         rows, cols = self.grid
         base_tokens = self.base[0] * self.base[1]
-        return VisualLayout(num_tokens=base_tokens + rows * cols, grids=(self.base, self.grid), has_cls=True)
+        return VisualLayout(num_tokens=base_tokens + rows * cols, grids=(self.base, self.grid), has_cls=self.has_cls)
 
     def add_newlines(self, kept: KeptImage, newline: torch.Tensor) -> KeptImage:
         """``kept`` (indices into the layout's N tokens) re-indexed into the packed sequence, with newlines.
@@ -113,9 +114,6 @@ class LlavaNextAdapter(LlavaAdapter):
     def visual_tokens_per_image(self) -> int | None:
         return None  # any-resolution tiling: the count depends on the image's size
 
-    def build_tiny(self, folder: Path) -> None:
-        build_tiny_llava_next(folder)
-
     def crop_counts(self, image_sizes: torch.Tensor) -> list[int]:
         """Crops (base image + tiles) of each image, as the model counts them."""
         config = self.model.config
@@ -152,64 +150,62 @@ class LlavaNextAdapter(LlavaAdapter):
                 "followed by a newline; this transformers version is not supported by LlavaNextAdapter"
             )
         positions = (~is_newline).nonzero().flatten()
-        return AnyresPacking(base, (rows, cols), positions, sources[positions], newlines, int(sources.shape[0]))
+        has_cls = self.image_layout().has_cls
+        return AnyresPacking(
+            base, (rows, cols), positions, sources[positions], newlines, int(sources.shape[0]), has_cls
+        )
 
     def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
         return None  # base grid plus tiles: no single grid to draw on
 
-    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
-        positions = self.resolve_positions(pipeline.reorder.positions)
+    def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """One group per image (images differ in packed layout): its crops' tokens packed as the model packs them,
+        with the row newlines added after pruning."""
         pixel_values = batch["pixel_values"]
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)
         if pixel_values.dim() == 5:  # (images, padded crops, C, H, W), as the processor returns it
             pixel_values = torch.cat([crops[:count] for crops, count in zip(pixel_values, counts, strict=True)])
-        features, attention = self.encode(pixel_values, pipeline)
+        features, attention = self.encode(pixel_values, request, self.image_layout())
         projector: nn.Module = self.model.model.multi_modal_projector
         newline: torch.Tensor = self.model.model.image_newline
-        images: list[KeptImage] = []
+        groups: list[VisualGroup] = []
         start = 0
-        with self.phase("pruning"):
-            packings = [self.packing(count, image_size) for count, image_size in zip(counts, image_sizes, strict=True)]
-            text = self.prompt_text(batch, pipeline, [packing.length for packing in packings])
-            all_keys = batch.get(SAMPLE_KEYS)
-            for image, (count, packing) in enumerate(zip(counts, packings, strict=True)):
-                sources = packing.sources.to(features.device)
-                crop_features = features[start : start + count].flatten(0, 1)[sources][None]
-                crop_attention = None if attention is None else _take(attention, start, count, sources)
-                image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
-                keys = None if all_keys is None else all_keys[image : image + 1]
-                (kept,) = prune_images(
-                    pipeline, crop_attention, crop_features, packing.layout(), projector, image_text, keys
+        for count, image_size in zip(counts, image_sizes, strict=True):
+            packing = self.packing(count, image_size)
+            sources = packing.sources.to(features.device)
+            groups.append(
+                VisualGroup(
+                    features[start : start + count].flatten(0, 1)[sources][None],
+                    None if attention is None else _take(attention, start, count, sources),
+                    packing.layout(),
+                    projector,
+                    packing.length,
+                    partial(packing.add_newlines, newline=newline),
                 )
-                images.append(packing.add_newlines(kept, newline))
-                start += count
-            return self.assemble(batch, images, positions)
+            )
+            start += count
+        return groups
 
-    def flops(
-        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
-    ) -> list[FlopsBreakdown]:
+    def sample_costs(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
+    ) -> list[SampleCost]:
         """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
         grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens),
-        the strategy's own products (similarities, merge), the LLM on the kept tokens with their newlines."""
+        the LLM on the kept tokens with their newlines."""
         config = self.model.config
-        rows, cols = self.grid()
-        patches, width = rows * cols, config.vision_config.hidden_size
-        # (N + 1)^2 query-key pairs, plus the [CLS] query's full-width row (AttentionSummary.cls_joint).
-        reads_attention = pipeline.attention_source.reduction is not None
-        tap_per_crop = 2 * (patches + 1) * (patches + 2) * width if reads_attention else 0
+        layout = self.image_layout()
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)
-        breakdowns = []
+        costs = []
         image = 0
         for sample in range(len(inputs.images_per_sample)):
-            crops = projected = strategy = 0
+            crops = projected = 0
             for kept in inputs.sample_images(sample):
                 packing = self.packing(counts[image], image_sizes[image])
                 grid_kept = int((~torch.isin(kept.indices, packing.newlines.to(kept.indices.device))).sum())
                 crops += counts[image]
-                projected += projector_tokens(pipeline.strategy, packing.layout().num_tokens, grid_kept)
-                strategy += kept.pruning_flops
+                projected += projector_tokens(request, packing.layout().num_tokens, grid_kept)
                 image += 1
             base = llava_flops(
                 config,
@@ -218,8 +214,9 @@ class LlavaNextAdapter(LlavaAdapter):
                 images=crops,
                 projector_tokens=projected,
             )
-            breakdowns.append(replace(base, pruning=float(crops * tap_per_crop + strategy)))
-        return self.with_llm_pruning(breakdowns, inputs, pipeline)
+            tapped = (layout.num_tokens,) * crops
+            costs.append(SampleCost(base, tapped, layout.has_cls, config.vision_config.hidden_size))
+        return costs
 
 
 def _take(attention: AttentionSummary, start: int, count: int, sources: torch.Tensor) -> AttentionSummary:

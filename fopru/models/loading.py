@@ -8,6 +8,7 @@ probes the hub once with a short timeout.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import torch
 from huggingface_hub import constants, try_to_load_from_cache
 
 from fopru.errors import ConfigError
+from fopru.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ TINY_PREFIX = "tiny:"
 EMBEDDED_PREFIX = "embedded:"
 #: Trained checkpoints that ship with the package (``embedded:<name>``).
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+#: The tiny test fixtures: ``tiny:<name>`` is built by ``fopru/models/tiny/<name>.py``.
+TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
 
 def tiny_cache() -> Path:
@@ -45,29 +49,32 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether one TCP connection to the hub opens within ``timeout`` seconds (no retries)."""
-    import socket
-    from urllib.parse import urlparse
+def tiny_builder(checkpoint: str) -> Callable[[Path], None]:
+    """The ``build(folder)`` of the fixture module named by a ``tiny:<name>`` checkpoint.
 
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    Found by name, as a config's ``_target_`` is, so that adapters never import their fixtures: the fixture
+    modules import the adapters' processors instead.
+    """
+    name = checkpoint.removeprefix(TINY_PREFIX)
+    fixtures = sorted(path.stem for path in TINY_DIR.glob("*.py") if path.stem != "__init__")
+    if name not in fixtures:
+        raise ConfigError(f"{checkpoint!r} is not a tiny fixture; valid tiny checkpoints: {fixtures}")
+
+    def build(folder: Path) -> None:
+        importlib.import_module(f"fopru.models.tiny.{name}").build(folder)
+
+    return build
 
 
-def resolve_checkpoint(checkpoint: str, build_tiny: Callable[[Path], None] | None = None) -> str:
+def resolve_checkpoint(checkpoint: str) -> str:
     """A path or hub id that ``from_pretrained`` can open now, or a :class:`ConfigError` saying why not.
 
     ``embedded:<name>`` is a trained checkpoint shipped in ``fopru/checkpoints/<name>``. ``tiny:<name>`` checkpoints
-    are built once by ``build_tiny(folder)`` (seeded random weights) and saved, so tests
-    load them through the same ``from_pretrained`` path as real checkpoints.
+    are built once by ``build(folder)`` of ``fopru/models/tiny/<name>.py`` (seeded random weights) and saved, so
+    tests load them through the same ``from_pretrained`` path as real checkpoints.
     """
     if checkpoint.startswith(TINY_PREFIX):
-        if build_tiny is None:
-            raise ConfigError(f"{checkpoint!r}: this model family has no tiny fixture")
+        build_tiny = tiny_builder(checkpoint)  # an unknown name fails here, built or not
         folder = tiny_cache() / checkpoint.removeprefix(TINY_PREFIX)
         if not (folder / "config.json").is_file():
             # Built in a private folder and renamed into place, so that processes starting together (DDP ranks,

@@ -16,10 +16,9 @@ import easy_vqa
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from fopru.data.prompts import SHORT_ANSWER
-from fopru.models.llava import LlavaAdapter
-from fopru.models.tiny.llava import llava_processor
-from fopru.models.tiny.tokenizer import word_tokenizer
+from fopru.models.llava import LlavaAdapter, llava_processor
+from fopru.models.word_tokenizer import word_tokenizer
+from fopru.prompts import SHORT_ANSWER
 
 IMAGE_SIZE, PATCH_SIZE = 64, 4
 #: Initial standard deviation of the word embeddings (Llama's default is 0.02). The projected visual tokens of the

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,18 +27,11 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from fopru.efficiency.flops import FlopsBreakdown, qwen2_vl_flops
+from fopru.efficiency.flops import qwen2_vl_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import (
-    SAMPLE_KEYS,
-    KeptImage,
-    LanguageInputs,
-    TargetModel,
-    assemble_sequences,
-    prompt_text,
-    prune_images,
-)
+from fopru.models.base import TargetModel
+from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import Positions
 from fopru.significance.attention import AttentionSummary
@@ -48,7 +39,7 @@ from fopru.significance.base import SignificanceSource
 from fopru.significance.pooling import pool_merged
 
 if TYPE_CHECKING:
-    from fopru.pipeline import PruningPipeline
+    from fopru.pipeline import PruningRequest
 
 #: How a prompt marks one image (the chat template's form); the processor expands ``<|image_pad|>``.
 IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -113,12 +104,6 @@ class Qwen2VLAdapter(TargetModel):
     processor_class: Any = ImageOnlyQwen2VLProcessor
     position_modes = ("original",)
     prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}{{text}}<|im_end|>\n<|im_start|>assistant\n"
-
-    def build_tiny(self, folder: Path) -> None:
-        # Imported here: the fixture module imports this module's image-only processors.
-        from fopru.models.tiny.qwen2_vl import build_tiny_qwen2_vl
-
-        build_tiny_qwen2_vl(folder)
 
     def load_processor(self, path: str) -> Any:
         processor = self.processor_class.from_pretrained(path)
@@ -187,7 +172,7 @@ class Qwen2VLAdapter(TargetModel):
         return pooled
 
     def encode_images(
-        self, batch: Mapping[str, torch.Tensor], source: SignificanceSource
+        self, batch: Mapping[str, torch.Tensor], source: PruningRequest | SignificanceSource
     ) -> tuple[tuple[torch.Tensor, ...], list[AttentionSummary] | None]:
         """Merged embeddings (n_i, D) of every image and, if ``source`` reads attention, its pooled (1, n_i) summary.
 
@@ -225,67 +210,42 @@ class Qwen2VLAdapter(TargetModel):
         return torch.as_tensor(positions)
 
     # -- prefill ---------------------------------------------------------------------------------------------
-    def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
-        positions = self.resolve_positions(pipeline.reorder.positions)
-        features, summaries = self.encode_images(batch, pipeline.attention_source)
-        merge = self.merge_size
-        images: list[KeptImage] = []
-        all_keys = batch.get(SAMPLE_KEYS)
-        with self.phase("pruning"):
-            text = None
-            if pipeline.strategy.needs_text:
-                text = prompt_text(
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    int(self.model.config.image_token_id),
-                    [embeddings.shape[0] for embeddings in features],
-                    self.model.get_input_embeddings(),
-                )
-            for image, (embeddings, (_, rows, cols)) in enumerate(
-                zip(features, batch["image_grid_thw"].tolist(), strict=True)
-            ):
-                layout = VisualLayout(
-                    embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge
-                )
-                attention = summaries[image] if summaries is not None else None
-                image_text = None if text is None else (text[0][image : image + 1], text[1][image : image + 1])
-                keys = None if all_keys is None else all_keys[image : image + 1]
-                images += prune_images(pipeline, attention, embeddings[None], layout, _identity, image_text, keys)
-            with torch.no_grad():
-                base_positions = self.unpruned_positions(batch)
-            return assemble_sequences(
-                batch["input_ids"],
-                batch["attention_mask"],
-                base_positions,
-                int(self.model.config.image_token_id),
-                images,
-                positions,
-                self.model.get_input_embeddings(),
-            )
+    def base_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.unpruned_positions(batch)
 
-    def flops(
-        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, pipeline: PruningPipeline
-    ) -> list[FlopsBreakdown]:
-        """Per sample: vision tower and merger on its images, the tap, the strategy's own products (similarities,
-        merge), the LLM on the kept tokens. The merged tokens are already projected: no projector cost for any
+    def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """One group per image (sizes differ): its merged tokens, already in the LLM's space, no [CLS]."""
+        features, summaries = self.encode_images(batch, request)
+        merge = self.merge_size
+        groups = []
+        for image, (embeddings, (_, rows, cols)) in enumerate(
+            zip(features, batch["image_grid_thw"].tolist(), strict=True)
+        ):
+            layout = VisualLayout(embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge)
+            attention = summaries[image] if summaries is not None else None
+            groups.append(VisualGroup(embeddings[None], attention, layout, _identity, layout.num_tokens))
+        return groups
+
+    def sample_costs(
+        self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
+    ) -> list[SampleCost]:
+        """Per sample: vision tower and merger on its images, the LLM on the kept tokens; the tap attends over each
+        image's patches (before merging). The merged tokens are already projected: no projector cost for any
         strategy."""
         config = self.model.config
         width = config.vision_config.embed_dim if hasattr(config.vision_config, "embed_dim") else None
         width = width or config.vision_config.hidden_size
         grids = batch["image_grid_thw"].tolist()
-        reads_attention = pipeline.attention_source.reduction is not None
-        breakdowns = []
+        costs = []
         first = 0
         for sample, count in enumerate(inputs.images_per_sample):
             sample_grids = grids[first : first + count]
             first += count
             visual = int(inputs.visual_tokens[sample])
             base = qwen2_vl_flops(config, sample_grids, visual, int(inputs.text_tokens[sample]))
-            # The tap multiplies the tapped block's queries by its keys, per image: patches^2 pairs of width d.
-            tap = sum(2 * (t * h * w) ** 2 * width for t, h, w in sample_grids) if reads_attention else 0
-            strategy = sum(image.pruning_flops for image in inputs.sample_images(sample))
-            breakdowns.append(replace(base, pruning=float(tap + strategy)))
-        return self.with_llm_pruning(breakdowns, inputs, pipeline)
+            tapped = tuple(t * h * w for t, h, w in sample_grids)
+            costs.append(SampleCost(base, tapped, False, int(width)))
+        return costs
 
 
 def _identity(features: torch.Tensor) -> torch.Tensor:
@@ -306,11 +266,6 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     model_class: Any = Qwen2_5_VLForConditionalGeneration
     processor_class: Any = ImageOnlyQwen25VLProcessor
 
-    def build_tiny(self, folder: Path) -> None:
-        from fopru.models.tiny.qwen2_vl import build_tiny_qwen25_vl
-
-        build_tiny_qwen25_vl(folder)
-
     def full_attention_layers(self) -> list[int]:
         """Indices of the vision blocks that attend over the whole image."""
         return sorted(int(index) for index in self.model.config.vision_config.fullatt_block_indexes)
@@ -318,7 +273,7 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
     def default_tap_layer(self) -> int:
         return self.tap_layer if self.tap_layer is not None else self.full_attention_layers()[-1]
 
-    def tap_index(self, source: SignificanceSource) -> int:
+    def tap_index(self, source: PruningRequest | SignificanceSource) -> int:
         index = super().tap_index(source)
         valid = self.full_attention_layers()
         if index not in valid:

@@ -80,7 +80,7 @@ class StrategyInputs:
         if self.attention is None:
             raise ConfigError(
                 f"the {who} strategy reads the vision encoder's attention but none was tapped; the adapter must tap "
-                "it (PruningPipeline.attention_source) or StrategyInputs(attention=...) must be given"
+                "it (PruningPipeline.request) or StrategyInputs(attention=...) must be given"
             )
         chosen = self.attention.cls if self.attention.cls is not None else self.attention.received
         return chosen.float()
@@ -239,6 +239,9 @@ class PruningStrategy(ABC):
             even when the significance source reads no attention.
         ``needs_projected``: reads every token projected into the LLM's space (a projector pass over all N tokens).
         ``needs_text``: reads the prompt's text embeddings.
+        ``keeps``: what a span keeps of its budget share ``budget.count(size, num_tokens)``: ``"exact"``
+            (default) exactly that many tokens; ``"at_most"`` no more (an even lattice, an adaptive count);
+            ``"rows"`` the share counts grid rows, not tokens; ``"all"`` every token, whatever the budget.
     """
 
     needs_grid: bool = False
@@ -249,6 +252,7 @@ class PruningStrategy(ABC):
     needs_attention: bool = False
     needs_projected: bool = False
     needs_text: bool = False
+    keeps: Literal["exact", "at_most", "rows", "all"] = "exact"
 
     @property
     def name(self) -> str:

@@ -11,6 +11,8 @@ from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 class KeepAllStrategy(PruningStrategy):
     """Keep every token in its original order, whatever the budget."""
 
+    keeps = "all"
+
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
     ) -> Selection:

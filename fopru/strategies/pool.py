@@ -17,6 +17,7 @@ class PoolStrategy(PruningStrategy):
     """
 
     merges = True
+    keeps = "at_most"
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

@@ -63,6 +63,7 @@ class PruMergeStrategy(PruningStrategy):
 
     merges = True
     adaptive = True
+    keeps = "at_most"
     needs_attention = True
 
     def __init__(

@@ -16,6 +16,7 @@ class RowStrategy(PruningStrategy):
     """
 
     needs_grid = True
+    keeps = "rows"
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

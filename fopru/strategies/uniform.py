@@ -16,6 +16,8 @@ class UniformStrategy(PruningStrategy):
     grid the tokens are evenly strided along the sequence.
     """
 
+    keeps = "at_most"
+
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
     ) -> Selection:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+
 import numpy as np
+import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from fopru.components import load
+from fopru.components import CONFIG_DIR, choices, load
 from fopru.layout import Budget
+from fopru.models.base import TargetModel
+from fopru.models.loading import TINY_PREFIX
 from fopru.pipeline import PruningPipeline
 from fopru.reorder import OriginalOrder
 from fopru.reorder.base import Positions
@@ -35,3 +43,22 @@ def make_image(seed: int, width: int = 48, height: int = 48) -> Image.Image:
     coarse = generator.random((4, 4, 3))
     image = Image.fromarray((coarse * 255).astype("uint8")).resize((width, height), Image.Resampling.BICUBIC)
     return image
+
+
+#: Every tiny model registered in conf/model/ (``tiny_*.yaml``): the families the contract tests run on.
+TINY_MODELS = [name for name in choices("model") if name.startswith("tiny_")]
+
+
+def fixture_module(name: str) -> ModuleType:
+    """The fixture module behind ``conf/model/<name>.yaml``'s ``tiny:<fixture>`` checkpoint."""
+    checkpoint = str(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml").checkpoint)
+    assert checkpoint.startswith(TINY_PREFIX), f"{name} is not a tiny fixture: {checkpoint}"
+    return importlib.import_module(f"fopru.models.tiny.{checkpoint.removeprefix(TINY_PREFIX)}")
+
+
+def example_batch(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
+    """The tiny fixture's example samples (its ``EXAMPLE_PROMPTS`` and ``EXAMPLE_SIZES``), prepared as a batch."""
+    module = fixture_module(name)
+    sizes = module.EXAMPLE_SIZES
+    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
+    return adapter.prepare(images, [module.EXAMPLE_PROMPTS[seed] for seed in samples])

@@ -27,30 +27,12 @@ from fopru.llm_pruning import (
     SparseVLM,
     VisualTokenWithdrawal,
 )
-from fopru.models.base import Generation, LanguageInputs, TargetModel
-from fopru.models.llava import LlavaAdapter
-from fopru.models.llava_next import LlavaNextAdapter
-from fopru.models.qwen2_vl import IMAGE_PROMPT, Qwen2VLAdapter
+from fopru.models.base import TargetModel
+from fopru.models.inputs import Generation, LanguageInputs
 from fopru.models.staged import LastQueryAttention, _Stream
 from fopru.pipeline import PruningPipeline
-from tests.models.conftest import make_image, make_pipeline
+from tests.models.conftest import TINY_MODELS, example_batch, make_pipeline
 
-LLAVA_PROMPTS = (
-    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
-    "USER: <image>\nwhat color ? ASSISTANT:",
-)
-QWEN_PROMPTS = (
-    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
-    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
-)
-FAMILIES = [name for name in choices("model") if name.startswith("tiny_")]
-#: Per kind of adapter (most specific first): the two samples' prompts and the (width, height) of their images
-#: (LLaVA-NeXT: different crop counts; Qwen2-VL: multiples of 28, different grids).
-SAMPLES: tuple[tuple[type[TargetModel], tuple[str, str], tuple[tuple[int, int], tuple[int, int]]], ...] = (
-    (LlavaNextAdapter, LLAVA_PROMPTS, ((70, 40), (50, 90))),
-    (Qwen2VLAdapter, QWEN_PROMPTS, ((56, 56), (84, 56))),
-    (LlavaAdapter, LLAVA_PROMPTS, ((48, 48), (48, 48))),
-)
 DEPTH = 4  # the tiny language models have 2 layers; a deeper copy lets PyramidDrop have several stages
 METHODS: list[LLMPruning] = [
     FastV(layer=1, keep=0.5),
@@ -82,7 +64,7 @@ def deepen(adapter: TargetModel, depth: int = DEPTH) -> TargetModel:
     return deeper
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=TINY_MODELS)
 def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
     built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
     assert isinstance(built, TargetModel)
@@ -91,9 +73,7 @@ def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
 
 
 def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    prompts, sizes = next((prompts, sizes) for kind, prompts, sizes in SAMPLES if isinstance(adapter, kind))
-    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
-    return adapter.prepare(images, [prompts[seed] for seed in samples])
+    return example_batch(name, adapter, samples)
 
 
 def pipeline_with(method: LLMPruning) -> PruningPipeline:

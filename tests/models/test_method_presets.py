@@ -17,30 +17,14 @@ from omegaconf import OmegaConf
 
 from fopru.components import CONFIG_DIR, choices
 from fopru.models.base import TargetModel
-from fopru.models.qwen2_vl import IMAGE_PROMPT
 from fopru.pipeline import PruningPipeline
-from tests.models.conftest import make_image
+from tests.models.conftest import TINY_MODELS, example_batch
 from tests.models.test_llm_pruning import deepen
 
-LLAVA_PROMPTS = (
-    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
-    "USER: <image>\nwhat color ? ASSISTANT:",
-)
-QWEN_PROMPTS = (
-    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
-    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
-)
-FAMILIES: dict[str, tuple[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]]] = {
-    # prompts, (width, height) of the two images
-    "tiny_llava": (LLAVA_PROMPTS, ((48, 48), (48, 48))),
-    "tiny_llava_next": (LLAVA_PROMPTS, ((70, 40), (50, 90))),
-    "tiny_qwen2_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
-    "tiny_qwen25_vl": (QWEN_PROMPTS, ((56, 56), (84, 56))),
-}
 NEW_TOKENS = 2
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=TINY_MODELS)
 def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
     built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
     assert isinstance(built, TargetModel)
@@ -49,9 +33,7 @@ def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
 
 
 def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    prompts, sizes = FAMILIES[name]
-    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
-    return adapter.prepare(images, [prompts[seed] for seed in samples])
+    return example_batch(name, adapter, samples)
 
 
 def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:

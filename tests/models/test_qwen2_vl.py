@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from fopru.components import CONFIG_DIR, choices, load
 from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import Generation
+from fopru.models.inputs import Generation
 from fopru.models.qwen2_vl import IMAGE_PROMPT, Qwen2VLAdapter, Qwen25VLAdapter
 from fopru.pipeline import PruningPipeline
 from fopru.reorder.base import ReorderPolicy
@@ -24,7 +22,13 @@ from fopru.significance.sources import FocalSignificance
 from tests.models.conftest import make_image, make_pipeline
 
 CONF = CONFIG_DIR / "model"
-FAMILIES = ["tiny_qwen2_vl", "tiny_qwen25_vl"]
+# Every registered tiny fixture of this family (Qwen2-VL and its subclasses), read from conf/model/.
+FAMILIES = [
+    name
+    for name in choices("model")
+    if name.startswith("tiny_")
+    and issubclass(get_class(str(OmegaConf.load(CONF / f"{name}.yaml")._target_)), Qwen2VLAdapter)
+]
 PROMPTS = (
     f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
     f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
@@ -270,19 +274,6 @@ def test_a_windowed_tap_layer_is_refused_on_qwen25(layer: int) -> None:
     configured = tiny_qwen25(tap_layer=layer)
     with pytest.raises(ConfigError, match=r"windowed attention.*\[1, 3\]"):
         configured.prefill_inputs(batch_of(configured, [0]), pipeline("rank", 0.25))
-
-
-# -- 7. real checkpoints fail fast offline ----------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["qwen2_vl_2b", "qwen2_vl_7b", "qwen25_vl_3b", "qwen25_vl_7b"])
-def test_a_real_checkpoint_fails_fast_offline(name: str) -> None:
-    config = OmegaConf.load(CONF / f"{name}.yaml")
-    config.device = "cpu"
-    adapter = instantiate(config)
-    assert isinstance(adapter, Qwen2VLAdapter)
-    started = time.monotonic()
-    with pytest.raises(ConfigError, match=re.escape(config.checkpoint)):
-        adapter.load()
-    assert time.monotonic() - started < 10
 
 
 #: The significance each strategy's FLOPs check pairs with (default focal).

@@ -438,7 +438,7 @@ def test_prumerge_written_example_by_hand() -> None:
 def test_the_prumerge_methods_tap_the_last_layer_and_keep_the_released_order() -> None:
     for method in ("prumerge", "prumerge_plus"):
         pipeline = method_pipeline(method)
-        assert pipeline.attention_source.layer == -1
+        assert pipeline.request.layer == -1
         query, key = last_layer(None)
         pruned = pipeline.prune(tapped(query, key), FEATURES[None], GRID).selection
         positions, tokens = prumerge_released(query, key, FEATURES, method == "prumerge_plus")

@@ -104,11 +104,15 @@ def test_every_registered_strategy_meets_the_contract(
             assert bool((selection.weights.sum(-1) > 0).all())
 
 
-TOKEN_BUDGET = ["rank", "random", "uniform", "pool", "visionzip", "divprune", "prumerge", "prumerge_plus"]
-EXACT_BUDGET = ["rank", "random", "visionzip", "divprune", "vispruner", "adafv", "cdpruner"]
+def declared_keeps(name: str) -> str:
+    """What the registered strategy declares it keeps of its budget share."""
+    return load("strategy", name, PruningStrategy).keeps
 
 
-@pytest.mark.parametrize("name", sorted({*TOKEN_BUDGET, *EXACT_BUDGET}))
+TOKEN_BUDGET = [name for name in choices("strategy") if declared_keeps(name) in ("exact", "at_most")]
+
+
+@pytest.mark.parametrize("name", TOKEN_BUDGET)
 @given(layout=layouts, keep=keeps, seed=st.integers(0, 99))
 def test_token_budget_strategies_stay_within_each_span_share(
     name: str, layout: VisualLayout, keep: float, seed: int
@@ -120,8 +124,24 @@ def test_token_budget_strategies_stay_within_each_span_share(
     if name == "divprune":  # the released count: round(keep * N) over the whole packed image
         share = max(1, round(Fraction(str(keep)) * layout.num_tokens))
     assert int(selection.kept_per_sample.max()) <= share
-    if name in EXACT_BUDGET:
+    if declared_keeps(name) == "exact":
         assert selection.kept_per_sample.tolist() == [share, share]
+
+
+@pytest.mark.parametrize("name", [name for name in choices("strategy") if declared_keeps(name) in ("rows", "all")])
+@given(layout=layouts, keep=keeps, seed=st.integers(0, 99))
+def test_row_and_keep_all_strategies_keep_what_they_declare(
+    name: str, layout: VisualLayout, keep: float, seed: int
+) -> None:
+    selection = load("strategy", name, PruningStrategy).select(
+        scores(2, layout.num_tokens, seed), layout, Budget(keep=keep), inputs_for(2, layout.num_tokens, seed)
+    )
+    grids = layout.grids or ()
+    if declared_keeps(name) == "all":
+        assert selection.kept_per_sample.tolist() == [layout.num_tokens, layout.num_tokens]
+    else:
+        rows = sum(expected_count(keep, r) * c for r, c in grids)
+        assert selection.kept_per_sample.tolist() == [rows, rows]
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

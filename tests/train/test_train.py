@@ -13,11 +13,11 @@ from transformers import LlavaForConditionalGeneration
 
 from fopru.components import CONFIG_DIR, load
 from fopru.data.easyvqa import EasyVQABenchmark
-from fopru.data.prompts import SHORT_ANSWER
 from fopru.errors import ConfigError
 from fopru.models.base import TargetModel
 from fopru.models.mini_llava import WORD_EMBEDDING_STD
 from fopru.pipeline import PruningPipeline
+from fopru.prompts import SHORT_ANSWER
 from fopru.run import run
 from fopru.train.data import (
     ConversationCollator,

@@ -6,18 +6,25 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
-from fopru.models.tiny.tokenizer import word_tokenizer
+from fopru.models.llava import llava_processor
+from fopru.models.word_tokenizer import word_tokenizer
 
 IMAGE_SIZE, PATCH_SIZE = 48, 8
+
+#: Two samples for the adapter contract tests: prompts in the tiny vocabulary and the (width, height) of their
+#: images.
+EXAMPLE_PROMPTS = (
+    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
+    "USER: <image>\nwhat color ? ASSISTANT:",
+)
+EXAMPLE_SIZES = ((48, 48), (48, 48))
 
 
 def clip_and_llama(tokenizer: PreTrainedTokenizerFast, max_positions: int) -> tuple[CLIPVisionConfig, LlamaConfig]:
@@ -51,7 +58,7 @@ def scale_weights(model: torch.nn.Module) -> None:
         parameter.data.mul_(4.0)
 
 
-def build_tiny_llava(folder: Path) -> None:
+def build(folder: Path) -> None:
     """Save a seeded random tiny LLaVA and its processor into ``folder``."""
     tokenizer = word_tokenizer(["<image>"])
     image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
@@ -68,20 +75,3 @@ def build_tiny_llava(folder: Path) -> None:
     scale_weights(model)
     model.save_pretrained(folder)
     llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
-
-
-def llava_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int) -> LlavaProcessor:
-    """LLaVA-1.5's processor around ``tokenizer``: the PIL CLIP image processor at ``image_size`` (resize the short
-    side, centre crop), one ``<image>`` placeholder per patch plus one for [CLS] (dropped by the "default"
-    feature selection)."""
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )

@@ -13,13 +13,21 @@ from transformers import (
 )
 
 from fopru.models.tiny.llava import IMAGE_SIZE, PATCH_SIZE, clip_and_llama, scale_weights
-from fopru.models.tiny.tokenizer import word_tokenizer
+from fopru.models.word_tokenizer import word_tokenizer
 
 # (height, width) resolutions the image is resized and padded to before tiling: 1 x 2, 2 x 1 and 2 x 2 tiles.
 GRID_PINPOINTS = [[48, 96], [96, 48], [96, 96]]
 
+#: Two samples for the adapter contract tests: prompts in the tiny vocabulary and the (width, height) of their
+#: images (different crop counts).
+EXAMPLE_PROMPTS = (
+    "USER: <image>\nwhat is the shape in this image ? ASSISTANT:",
+    "USER: <image>\nwhat color ? ASSISTANT:",
+)
+EXAMPLE_SIZES = ((70, 40), (50, 90))
 
-def build_tiny_llava_next(folder: Path) -> None:
+
+def build(folder: Path) -> None:
     """Save a seeded random tiny LLaVA-NeXT and its processor into ``folder``."""
     tokenizer = word_tokenizer(["<image>"])
     image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]

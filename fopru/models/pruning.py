@@ -1,0 +1,78 @@
+"""The glue between an adapter and the pruning pipeline: pruning and projecting encoded images, and the costs
+pruning adds (the tap's products, the projector's tokens)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from fopru.layout import VisualLayout
+from fopru.models.inputs import KeptImage
+from fopru.significance.attention import AttentionSummary
+from fopru.strategies.base import StrategyInputs
+
+if TYPE_CHECKING:
+    from fopru.pipeline import PruningPipeline, PruningRequest
+
+
+def tap_flops(patches: int, width: int, has_cls: bool) -> int:
+    """Matrix-product FLOPs the tap adds to one attention call: the tapped layer's queries times its keys over the
+    whole sequence (patches, plus [CLS]), and, with [CLS], once more its query against every key at full width
+    (the joint softmax, :attr:`AttentionSummary.cls_joint`)."""
+    sequence = patches + int(has_cls)
+    return 2 * sequence * (sequence + int(has_cls)) * width
+
+
+def prune_images(
+    pipeline: PruningPipeline,
+    attention: AttentionSummary | None,
+    features: torch.Tensor,
+    layout: VisualLayout,
+    project: Callable[[torch.Tensor], torch.Tensor],
+    text: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sample_keys: torch.Tensor | None = None,
+) -> list[KeptImage]:
+    """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
+
+    ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
+    it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
+    strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
+    selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
+    counts: each :class:`KeptImage` holds its own.
+    """
+    request = pipeline.request
+    projected = project(features) if request.projected else None
+    inputs = StrategyInputs(
+        projected=projected,
+        text=text[0] if text is not None and request.text else None,
+        text_mask=text[1] if text is not None and request.text else None,
+        sample_keys=sample_keys,
+    )
+    selection = pipeline.prune(attention, features, layout, inputs).selection
+    if projected is not None and selection.weights is None:
+        embeddings = selection.gather(projected)
+    else:
+        embeddings = project(selection.gather(features))
+    counts = selection.kept_per_sample.tolist()
+    # The merge product weights @ features: (k x N) @ (N x D) per image.
+    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
+    return [
+        KeptImage(
+            embeddings[image, :count],
+            selection.indices[image, :count],
+            layout.num_tokens,
+            selection.flops + merge * count,
+        )
+        for image, count in enumerate(counts)
+    ]
+
+
+def projector_tokens(request: PruningRequest, num_tokens: int, kept: int) -> int:
+    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
+    ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
+    strategy also merges)."""
+    if not request.projected:
+        return kept
+    return num_tokens + (kept if request.merges else 0)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,10 +132,37 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+class _InterruptWatch:
+    """Remembers a Ctrl-C (SIGINT) while a job runs. Libraries may turn the KeyboardInterrupt into an ordinary
+    exception (a worker or thread that dies of it, a loop that reports it as its own error); a job that fails after
+    a Ctrl-C is an interrupted job, and must stop the sweep rather than let it go on with the next job."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 def run_job(cfg: DictConfig) -> JobFailure | None:
     """Run one job. Bad input ends a single run with one paragraph and exit code 2. Inside a sweep, a job that
     fails (bad input or any error, logged with its traceback) returns a :class:`JobFailure` instead, so that the
-    sweep goes on with its other jobs and its summary names the failed ones."""
+    sweep goes on with its other jobs and its summary names the failed ones; a Ctrl-C stops the sweep."""
+    watch = _InterruptWatch()
+    previous = signal.signal(signal.SIGINT, watch) if _main_thread() else None
+    try:
+        return _run_job(cfg, watch)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run_job(cfg: DictConfig, watch: _InterruptWatch) -> JobFailure | None:
     try:
         run(cfg)
     except ConfigError as error:
@@ -143,6 +172,8 @@ def run_job(cfg: DictConfig) -> JobFailure | None:
         log.error("job failed: %s%s", PREFIX, error)
         return JobFailure(f"{PREFIX}{error}", config_error=True)
     except Exception as error:
+        if watch.seen:
+            raise KeyboardInterrupt from error
         if not in_sweep():
             raise
         log.exception("job failed")

@@ -268,7 +268,7 @@ def test_an_interrupted_sweep_is_summarized_and_rerunning_it_finishes_it(tmp_pat
     process.send_signal(signal.SIGINT)  # Ctrl-C while the second job runs
     output, _ = process.communicate(timeout=120)
     assert process.returncode in (1, 130), output  # 1 when Lightning's predict loop caught the interrupt
-    assert [row["keep"] for row in summary_rows(sweep)] == ["0.25"]
+    assert [row["keep"] for row in summary_rows(sweep)] == ["0.25"], output
     assert "#2 (keep=1.0): not started" in output
     assert re.search(r"#1 \(keep=0.5\): interrupted", output)
     (rerun,) = train_eval(tmp_path, ["-m", *command])

@@ -1,13 +1,17 @@
 """Bad input is refused with one message naming the value and the valid choices, before any weights load."""
 
+import os
 import shutil
+import signal
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -238,3 +242,27 @@ def test_the_command_line_check_refuses_typos_and_unwritable_hydra_folders(tmp_p
         ["strategy=row", "keep=0.1,0.2", "-m", "+sweep=keep", "method=fopru", "model.device=cpu", "~logger",
          "hydra/launcher=slurm", f"hydra.run.dir={tmp_path}/new/${{now:%H}}", "--cfg", "job", "significance.layer=3"]
     )  # fmt: skip
+
+
+def test_a_job_failing_after_ctrl_c_stops_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library that turns the KeyboardInterrupt into its own error must not make the sweep go on."""
+    from fopru import cli
+
+    def wrapped_interrupt(cfg: object) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise RuntimeError("worker died") from None
+
+    monkeypatch.setattr(cli, "run", wrapped_interrupt)
+    monkeypatch.setattr(cli, "in_sweep", lambda: True)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run_job(OmegaConf.create({}))
+
+    def plain_failure(cfg: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run", plain_failure)
+    failure = cli.run_job(OmegaConf.create({}))
+    assert failure is not None and "RuntimeError: a bug" in str(failure)

@@ -1,0 +1,75 @@
+"""``summarize_sweep``: every summary file of a sweep folder in one call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fopru.eval.result import RESULT_FILE
+from fopru.jobs import finished_job_folders, stale_results
+from fopru.pareto.plots import KEPT_PLOT, PLOT_FILES, plot_kept_patches, plot_pareto
+from fopru.pareto.results import collect
+from fopru.pareto.table import CSV_FILE, results_table, write_csv
+from fopru.pareto.wandb_summary import log_summary_to_wandb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What :func:`summarize_sweep` wrote; a path is ``None`` when nothing of that kind was written.
+
+    Attributes:
+        results: how many results were summarized.
+        csv: the results table.
+        tflops_plot, latency_plot: accuracy against TFLOPs, and against latency (only when every result has one).
+        wandb_dir: the W&B summary run's local folder.
+        kept_plot: the kept patches of every job on the same samples (when the jobs saved them).
+    """
+
+    results: int
+    csv: Path | None = None
+    tflops_plot: Path | None = None
+    latency_plot: Path | None = None
+    wandb_dir: Path | None = None
+    kept_plot: Path | None = None
+
+
+def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: str | None = None) -> SweepSummary:
+    """Write ``results.csv``, ``pareto_tflops.png``, (when every result has latency) ``pareto_latency.png`` and (when
+    jobs saved kept patches) ``kept_patches.png`` into ``sweep_dir``; with ``log_to_wandb``, log them to one extra
+    W&B run (job type ``sweep-summary``, group ``group``, offline unless ``WANDB_MODE`` says otherwise, project
+    ``project`` or ``WANDB_PROJECT`` or "fopru").
+
+    A folder holding a sweep record (``sweep.json``, :mod:`fopru.jobs`) is summarized from the finished jobs of
+    its latest sweep only; results other sweeps left in it are not. A sweep without any readable result writes
+    nothing.
+    """
+    sweep_dir = Path(sweep_dir)
+    folders = finished_job_folders(sweep_dir)
+    stale = stale_results(sweep_dir)
+    if stale:
+        log.info(
+            "leaving out %d %s files under %s that are not of its latest sweep's finished jobs",
+            stale,
+            RESULT_FILE,
+            sweep_dir,
+        )
+    results = collect(sweep_dir, folders)
+    if not results:
+        log.warning("no readable %s under %s: nothing to summarize", RESULT_FILE, sweep_dir)
+        return SweepSummary(results=0)
+    rows = results_table(results)
+    csv_path = write_csv(rows, sweep_dir / CSV_FILE)
+    tflops_plot = plot_pareto(results, "tflops_total", sweep_dir / PLOT_FILES["tflops_total"])
+    latency_plot = None
+    if all(result.latency is not None for result in results):
+        latency_plot = plot_pareto(results, "latency", sweep_dir / PLOT_FILES["latency"])
+    kept_plot = plot_kept_patches(sweep_dir, sweep_dir / KEPT_PLOT, folders=folders)
+    wandb_dir = None
+    if log_to_wandb:
+        plots = [tflops_plot, latency_plot, kept_plot]
+        wandb_dir = log_summary_to_wandb(results, rows, plots, sweep_dir, group, project)
+    log.info("summarized %d results of %s: %s", len(results), sweep_dir, csv_path)
+    return SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot)

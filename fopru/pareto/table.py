@@ -1,0 +1,98 @@
+"""The results table (``results.csv``) and Markdown pivots of it."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fopru.eval.result import RunResult
+from fopru.pareto.fronts import front_members
+
+LATENCY_FIELDS: tuple[str, ...] = ("total", "vision", "pruning", "prefill", "decode_per_token")
+
+
+CSV_FILE = "results.csv"
+
+
+def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """One row per result with the same columns in every row (missing values are ``None``).
+
+    Columns: the config choices and budget, every metric as ``<data>/<metric>`` (blank for other benchmarks), the
+    primary metric's name and value (``accuracy``), FLOPs, latency (``latency_<stage>`` in seconds, blank when not
+    measured), memory, throughput and ``pareto_tflops`` / ``pareto_latency`` (front membership per benchmark and
+    primary metric across all methods).
+    """
+    metric_columns = sorted({f"{result.data}/{name}" for result in results for name in result.metrics})
+    on_tflops_front = front_members(results, "tflops_total")
+    on_latency_front = front_members(results, "latency")
+    rows: list[dict[str, Any]] = []
+    for result, tflops_front, latency_front in zip(results, on_tflops_front, on_latency_front, strict=True):
+        row: dict[str, Any] = {
+            "group": result.group,
+            "model": result.model,
+            "data": result.data,
+            "strategy": result.strategy,
+            "significance": result.significance,
+            "reorder": result.reorder,
+            "llm_pruning": result.llm_pruning,
+            "method": result.method,
+            "keep": result.keep,
+            "keep_tokens": result.keep_tokens,
+            "kept_tokens": result.kept_tokens,
+            "kept_tokens_layer_mean": result.kept_tokens_layer_mean,
+            "kept_tokens_equivalent": result.kept_tokens_equivalent,
+            "samples": result.samples,
+        }
+        row.update(dict.fromkeys(metric_columns))
+        row.update({f"{result.data}/{name}": value for name, value in result.metrics.items()})
+        row["primary_metric"] = result.primary_metric
+        row["scoring"] = result.scoring
+        row["accuracy"] = result.accuracy
+        row["tflops_prefill"] = result.tflops_prefill
+        row["tflops_total"] = result.tflops_total
+        for stage in LATENCY_FIELDS:
+            row[f"latency_{stage}"] = getattr(result.latency, stage) if result.latency is not None else None
+        row["peak_memory_bytes"] = result.peak_memory_bytes
+        row["kv_cache_bytes"] = result.kv_cache_bytes
+        row["throughput"] = result.throughput
+        row["attention"] = result.attention
+        row["device"] = result.device
+        row["pareto_tflops"] = tflops_front
+        row["pareto_latency"] = latency_front
+        rows.append(row)
+    return rows
+
+
+def pivot_markdown(results: Sequence[RunResult], row: str, column: str, value: str = "accuracy") -> str:
+    """A Markdown table of ``value`` (a :class:`RunResult` attribute or property, in percent when it is the primary
+    metric) with one row per value of ``row`` and one column per value of ``column`` (e.g. strategy x keep), in
+    first-seen row order and sorted column order; missing cells are blank."""
+    rows = list(dict.fromkeys(getattr(result, row) for result in results))
+    columns = sorted({getattr(result, column) for result in results}, key=lambda item: (item is None, item))
+    cells = {(getattr(result, row), getattr(result, column)): getattr(result, value) for result in results}
+
+    def show(cell: Any) -> str:
+        if cell is None:
+            return ""
+        return f"{100 * cell:.1f}" if value == "accuracy" else f"{cell:.3g}"
+
+    lines = [
+        f"| {row} \\ {column} | " + " | ".join(str(item) for item in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    lines += [f"| {item} | " + " | ".join(show(cells.get((item, key))) for key in columns) + " |" for item in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Write ``rows`` (from :func:`results_table`) as CSV with a header; ``None`` becomes an empty cell."""
+    path = Path(path)
+    columns = list(rows[0]) if rows else []
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    return path

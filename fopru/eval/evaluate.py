@@ -32,6 +32,7 @@ from fopru.eval.module import EvaluationModule
 from fopru.eval.records import finished_ids, read_records
 from fopru.eval.result import Latency, RunResult
 from fopru.eval.timing import PhaseTimer
+from fopru.eval.uncertainty import bootstrap_interval
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 
@@ -316,6 +317,7 @@ def score_and_measure(
         unavailable["throughput"] = (
             f"all {len(records)} samples were predicted by earlier runs of this configuration: nothing was timed"
         )
+    interval = bootstrap_interval(records, benchmark.score, benchmark.primary_metric, benchmark.BOOTSTRAP_UNIT)
     result = RunResult(
         group=str(cfg.group),
         model=choice(cfg, "model"),
@@ -346,6 +348,9 @@ def score_and_measure(
         samples_requested=len(wanted),
         throughput_samples=new_samples if throughput is not None else None,
         unavailable=unavailable,
+        accuracy_low=interval.low,
+        accuracy_high=interval.high,
+        results_folder=str(folder),
     )
     result.save(folder)
     return result

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fopru.jobs import finished_job_folders
+from fopru.pareto.compare import compare_jobs, describe
 from fopru.pareto.plots import plot_kept_patches
 from fopru.pareto.results import collect
 from fopru.pareto.summary import summarize_sweep
@@ -16,13 +17,21 @@ from fopru.pareto.table import pivot_markdown
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m fopru.pareto SWEEP_DIR [--group NAME] [--wandb] [--table ROW COLUMN] [--kept-at KEEP]``:
-    summarize a sweep folder by hand."""
+    """``python -m fopru.pareto SWEEP_DIR [--group NAME] [--wandb] [--table ROW COLUMN] [--kept-at KEEP]
+    [--compare JOB_A JOB_B]``: summarize a sweep folder by hand."""
     parser = argparse.ArgumentParser(prog="python -m fopru.pareto", description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--group", default=None, help="W&B group (default: the folder's name)")
     parser.add_argument("--wandb", action="store_true", help="also log a sweep-summary run to W&B")
     parser.add_argument("--kept-at", type=float, help="also draw the kept patches of the jobs at this keep only")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("JOB_A", "JOB_B"),
+        help="also print JOB_B minus JOB_A (job folders, relative to SWEEP_DIR or not) on their shared samples, with "
+        "its 95%% paired bootstrap interval",
+    )
     parser.add_argument(
         "--table",
         nargs=2,
@@ -40,3 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(plot_kept_patches(sweep_dir, kept_path, keep=arguments.kept_at, folders=folders))
     if arguments.table:
         print(pivot_markdown(collect(sweep_dir, folders), *arguments.table))
+    if arguments.compare:
+        job_a, job_b = (
+            job if job.is_absolute() or not (sweep_dir / job).is_dir() else sweep_dir / job for job in arguments.compare
+        )
+        print(describe(compare_jobs(job_a, job_b), *arguments.compare))

@@ -20,8 +20,10 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per result with the same columns in every row (missing values are ``None``).
 
     Columns: the config choices and budget, every metric as ``<data>/<metric>`` (blank for other benchmarks), the
-    primary metric's name and value (``accuracy``), FLOPs, latency (``latency_<stage>`` in seconds, blank when not
-    measured), memory, throughput and ``pareto_tflops`` / ``pareto_latency`` (front membership per benchmark and
+    primary metric's name and value (``accuracy``) with its 95% bootstrap interval over samples (``accuracy_low``,
+    ``accuracy_high``; blank in results written before intervals were recorded), FLOPs, latency
+    (``latency_<stage>`` in seconds, blank when not measured), memory, throughput and ``pareto_tflops`` /
+    ``pareto_latency`` (front membership per benchmark and
     primary metric across all methods).
     """
     metric_columns = sorted({f"{result.data}/{name}" for result in results for name in result.metrics})
@@ -50,6 +52,8 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
         row["primary_metric"] = result.primary_metric
         row["scoring"] = result.scoring
         row["accuracy"] = result.accuracy
+        row["accuracy_low"] = result.accuracy_low
+        row["accuracy_high"] = result.accuracy_high
         row["tflops_prefill"] = result.tflops_prefill
         row["tflops_total"] = result.tflops_total
         for stage in LATENCY_FIELDS:
@@ -67,22 +71,31 @@ def results_table(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 def pivot_markdown(results: Sequence[RunResult], row: str, column: str, value: str = "accuracy") -> str:
     """A Markdown table of ``value`` (a :class:`RunResult` attribute or property, in percent when it is the primary
-    metric) with one row per value of ``row`` and one column per value of ``column`` (e.g. strategy x keep), in
-    first-seen row order and sorted column order; missing cells are blank."""
+    metric, with half its 95% interval as ``±`` when recorded) with one row per value of ``row`` and one column per
+    value of ``column`` (e.g. strategy x keep), in first-seen row order and sorted column order; missing cells are
+    blank."""
     rows = list(dict.fromkeys(getattr(result, row) for result in results))
     columns = sorted({getattr(result, column) for result in results}, key=lambda item: (item is None, item))
-    cells = {(getattr(result, row), getattr(result, column)): getattr(result, value) for result in results}
+    cells = {(getattr(result, row), getattr(result, column)): result for result in results}
 
     def show(cell: Any) -> str:
         if cell is None:
             return ""
         return f"{100 * cell:.1f}" if value == "accuracy" else f"{cell:.3g}"
 
+    def show_interval(item: Any, key: Any) -> str:
+        result = cells.get((item, key))
+        if result is None or getattr(result, value) is None:
+            return ""
+        if value != "accuracy" or result.accuracy_low is None or result.accuracy_high is None:
+            return show(getattr(result, value))
+        return f"{show(result.accuracy)} ±{100 * (result.accuracy_high - result.accuracy_low) / 2:.1f}"
+
     lines = [
         f"| {row} \\ {column} | " + " | ".join(str(item) for item in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    lines += [f"| {item} | " + " | ".join(show(cells.get((item, key))) for key in columns) + " |" for item in rows]
+    lines += [f"| {item} | " + " | ".join(show_interval(item, key) for key in columns) + " |" for item in rows]
     return "\n".join(lines)
 
 

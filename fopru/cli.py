@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fopru.components import CONFIG_DIR, choices
+from fopru.console import configure_console
 from fopru.errors import ConfigError
 from fopru.jobs import JobFailure
 from fopru.run import run
@@ -134,6 +135,7 @@ def run_job(cfg: DictConfig) -> JobFailure | None:
     """Run one job. Bad input ends a single run with one paragraph and exit code 2. Inside a sweep, a job that
     fails (bad input or any error, logged with its traceback) returns a :class:`JobFailure` instead, so that the
     sweep goes on with its other jobs and its summary names the failed ones."""
+    configure_console(bool(cfg.get("verbose", False)))
     try:
         run(cfg)
     except ConfigError as error:

@@ -116,10 +116,15 @@ class RunResult:
 
     @property
     def accuracy_interval(self) -> str:
-        """The primary metric with its interval, e.g. ``0.6200 [0.4800, 0.7600]`` (no interval: the value only)."""
+        """The primary metric with its 95% interval, e.g. ``0.620 [0.480, 0.760]`` or ``1432 [1350, 1511]`` for
+        totals (no interval recorded: the value only)."""
+
+        def show(value: float) -> str:
+            return f"{value:.3f}" if abs(value) <= 1 else f"{value:.4g}"
+
         if self.accuracy_low is None or self.accuracy_high is None:
-            return f"{self.accuracy:.4g}"
-        return f"{self.accuracy:.4g} [{self.accuracy_low:.4g}, {self.accuracy_high:.4g}]"
+            return show(self.accuracy)
+        return f"{show(self.accuracy)} [{show(self.accuracy_low)}, {show(self.accuracy_high)}]"
 
     def save(self, folder: Path) -> Path:
         """Write ``result.json`` into ``folder``."""

@@ -10,7 +10,7 @@ from fopru.eval.result import RESULT_FILE
 from fopru.jobs import finished_job_folders, stale_results
 from fopru.pareto.plots import KEPT_PLOT, PLOT_FILES, plot_kept_patches, plot_pareto
 from fopru.pareto.results import collect
-from fopru.pareto.table import CSV_FILE, results_table, write_csv
+from fopru.pareto.table import CSV_FILE, console_table, results_table, write_csv
 from fopru.pareto.wandb_summary import log_summary_to_wandb
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,12 @@ class SweepSummary:
     latency_plot: Path | None = None
     wandb_dir: Path | None = None
     kept_plot: Path | None = None
+
+    def files(self) -> list[str]:
+        """The names of the files written (the W&B run as its folder's name)."""
+        paths = (self.csv, self.tflops_plot, self.latency_plot, self.kept_plot)
+        names = [path.name for path in paths if path is not None]
+        return names + ([f"wandb/{self.wandb_dir.name}"] if self.wandb_dir is not None else [])
 
 
 def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: str | None = None) -> SweepSummary:
@@ -71,5 +77,8 @@ def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: st
     if log_to_wandb:
         plots = [tflops_plot, latency_plot, kept_plot]
         wandb_dir = log_summary_to_wandb(results, rows, plots, sweep_dir, group, project)
-    log.info("summarized %d results of %s: %s", len(results), sweep_dir, csv_path)
-    return SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot)
+    summary = SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot)
+    if len(results) > 1:
+        log.info("%d jobs:\n%s", len(results), console_table(results))
+    log.info("summary in %s: %s", sweep_dir, ", ".join(summary.files()))
+    return summary

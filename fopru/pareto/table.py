@@ -9,6 +9,7 @@ from typing import Any
 
 from fopru.eval.result import RunResult
 from fopru.pareto.fronts import front_members
+from fopru.pareto.units import flops_unit
 
 LATENCY_FIELDS: tuple[str, ...] = ("total", "vision", "pruning", "prefill", "decode_per_token")
 
@@ -109,3 +110,38 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         for row in rows:
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
     return path
+
+
+def varying_overrides(results: Sequence[RunResult]) -> list[str]:
+    """Per result, its overrides that not every result shares (what varies across the sweep), space-separated;
+    ``defaults`` for a result without any."""
+    common = set.intersection(*(set(result.overrides) for result in results)) if results else set()
+    shown = [" ".join(item for item in result.overrides if item not in common) for result in results]
+    return [
+        text or ("defaults" if not result.overrides else "(same)") for text, result in zip(shown, results, strict=True)
+    ]
+
+
+def console_table(results: Sequence[RunResult]) -> str:
+    """A small fixed-width table of a sweep's jobs for the console: what varies, the primary metric with its 95%
+    interval, the kept visual tokens and the FLOPs per sample (one unit for the column)."""
+    factor, unit = flops_unit(result.tflops_total for result in results)
+    header = ("#", "varies", "metric [95% interval]", "tokens", f"{unit}/sample")
+    body = [
+        (
+            str(number),
+            varies,
+            f"{result.data} {result.primary_metric} {result.accuracy_interval}",
+            f"{result.kept_tokens:.1f}",
+            f"{result.tflops_total * factor:.3g}",
+        )
+        for number, (result, varies) in enumerate(zip(results, varying_overrides(results), strict=True))
+    ]
+    widths = [max(len(row[column]) for row in (header, *body)) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if column < 3 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in (header, *body)
+    )

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from fopru.components import CONFIG_DIR, choices
 from fopru.console import configure_console
 from fopru.errors import ConfigError
-from fopru.jobs import JobFailure
+from fopru.jobs import JobFailure, register_resolvers
 from fopru.run import run
 from fopru.validation import check_known_key, check_writable, config_groups
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Hydra's output folders, which Hydra creates before the job starts, so they are checked on the command line.
 HYDRA_FOLDERS: tuple[str, ...] = ("hydra.run.dir", "hydra.sweep.dir")
 PREFIX = "fopru: configuration error: "
+
+register_resolvers()  # before Hydra resolves the job folder names of a sweep (conf/train_eval.yaml)
 
 
 def report(error: ConfigError) -> None:

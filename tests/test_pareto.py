@@ -344,3 +344,11 @@ def test_pivot_markdown_by_hand() -> None:
     assert pivot_markdown(results, "strategy", "keep") == (
         "| strategy \\ keep | 0.1 | 0.5 |\n|---|---|---|\n| rank | 90.0 | 95.0 |\n| row | 81.2 |  |"
     )
+
+
+def test_jobs_in_named_folders_are_collected_by_number(tmp_path: Path) -> None:
+    for number in (10, 2, 0):
+        folder = tmp_path / f"{number}-keep={number / 10}"
+        folder.mkdir()
+        make_result(keep=number / 10 or 1.0).save(folder)
+    assert [result.keep for result in collect(tmp_path)] == [1.0, 0.2, 1.0]

@@ -39,8 +39,9 @@ def files_named(sweep_dir: Path, name: str, folders: Sequence[Path] | None) -> l
 
 
 def job_order(relative: Path) -> tuple[int, int, str]:
-    """Sort key of a file under a sweep folder: the run folder's own first, then numbered jobs, then the rest."""
+    """Sort key of a file under a sweep folder: the run folder's own first, then the jobs by number (folders ``3``
+    or ``3-keep=0.1,strategy=row``), then the rest by name."""
     if len(relative.parts) == 1:
         return (0, 0, "")
-    first = relative.parts[0]
-    return (1, int(first), str(relative)) if first.isdigit() else (2, 0, str(relative))
+    number = relative.parts[0].split("-", 1)[0]
+    return (1, int(number), str(relative)) if number.isdigit() else (2, 0, str(relative))

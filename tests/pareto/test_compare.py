@@ -29,6 +29,14 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Job folders say what each job overrides (results_dir, which does not tell jobs apart, is left out).
+    jobs = sorted(path.name for path in folder.iterdir() if path.is_dir())
+    assert jobs == [
+        "0-data.limit=12,figure_samples=0,keep=0.1,latency_samples=0,logger=none",
+        "1-data.limit=12,figure_samples=0,keep=1.0,latency_samples=0,logger=none",
+    ]
+    for job in jobs:
+        (folder / job[0]).symlink_to(folder / job)  # short names for the tests below
     return folder
 
 

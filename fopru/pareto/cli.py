@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sweep_dir: Path = arguments.sweep_dir
     summary = summarize_sweep(sweep_dir, arguments.group or sweep_dir.resolve().name, arguments.wandb)
-    print(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in vars(summary).items()}))
+    shown = {key: value for key, value in vars(summary).items() if key != "kept_pages"}
+    shown["kept_pages"] = [str(page) for page in summary.kept_pages]
+    print(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in shown.items()}))
     folders = finished_job_folders(sweep_dir)
     if arguments.kept_at is not None:
         kept_path = sweep_dir / f"kept_patches_keep{arguments.kept_at:g}.png"

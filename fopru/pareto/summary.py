@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fopru.eval.result import RESULT_FILE
 from fopru.jobs import finished_job_folders, stale_results
-from fopru.pareto.plots import KEPT_PLOT, PLOT_FILES, plot_kept_patches, plot_pareto
+from fopru.pareto.plots import KEPT_PLOT, PLOT_FILES, plot_kept_pages, plot_pareto
 from fopru.pareto.results import collect
 from fopru.pareto.table import CSV_FILE, console_table, results_table, write_csv
 from fopru.pareto.wandb_summary import log_summary_to_wandb
@@ -25,7 +25,8 @@ class SweepSummary:
         csv: the results table.
         tflops_plot, latency_plot: accuracy against TFLOPs, and against latency (only when every result has one).
         wandb_dir: the W&B summary run's local folder.
-        kept_plot: the kept patches of every job on the same samples (when the jobs saved them).
+        kept_plot: the kept patches of every job on the same samples (when the jobs saved them): its first page.
+        kept_pages: every page of it (``kept_patches.png``, ``kept_patches_2.png``, ...).
     """
 
     results: int
@@ -34,10 +35,11 @@ class SweepSummary:
     latency_plot: Path | None = None
     wandb_dir: Path | None = None
     kept_plot: Path | None = None
+    kept_pages: tuple[Path, ...] = ()
 
     def files(self) -> list[str]:
         """The names of the files written (the W&B run as its folder's name)."""
-        paths = (self.csv, self.tflops_plot, self.latency_plot, self.kept_plot)
+        paths = (self.csv, self.tflops_plot, self.latency_plot, *self.kept_pages)
         names = [path.name for path in paths if path is not None]
         return names + ([f"wandb/{self.wandb_dir.name}"] if self.wandb_dir is not None else [])
 
@@ -72,12 +74,13 @@ def summarize_sweep(sweep_dir: Path, group: str, log_to_wandb: bool, project: st
     latency_plot = None
     if all(result.latency is not None for result in results):
         latency_plot = plot_pareto(results, "latency", sweep_dir / PLOT_FILES["latency"])
-    kept_plot = plot_kept_patches(sweep_dir, sweep_dir / KEPT_PLOT, folders=folders)
+    kept_pages = tuple(plot_kept_pages(sweep_dir, sweep_dir / KEPT_PLOT, folders=folders))
+    kept_plot = kept_pages[0] if kept_pages else None
     wandb_dir = None
     if log_to_wandb:
-        plots = [tflops_plot, latency_plot, kept_plot]
+        plots = [tflops_plot, latency_plot, *kept_pages]
         wandb_dir = log_summary_to_wandb(results, rows, plots, sweep_dir, group, project)
-    summary = SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot)
+    summary = SweepSummary(len(results), csv_path, tflops_plot, latency_plot, wandb_dir, kept_plot, kept_pages)
     if len(results) > 1:
         log.info("%d jobs:\n%s", len(results), console_table(results))
     log.info("summary in %s: %s", sweep_dir, ", ".join(summary.files()))

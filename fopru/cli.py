@@ -22,8 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fopru.components import CONFIG_DIR, choices
+from fopru.console import configure_console
 from fopru.errors import ConfigError
-from fopru.jobs import JobFailure
+from fopru.jobs import JobFailure, register_resolvers
 from fopru.run import run
 from fopru.validation import check_known_key, check_writable, config_groups
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Hydra's output folders, which Hydra creates before the job starts, so they are checked on the command line.
 HYDRA_FOLDERS: tuple[str, ...] = ("hydra.run.dir", "hydra.sweep.dir")
 PREFIX = "fopru: configuration error: "
+
+register_resolvers()  # before Hydra resolves the job folder names of a sweep (conf/train_eval.yaml)
 
 
 def report(error: ConfigError) -> None:
@@ -149,6 +152,7 @@ def run_job(cfg: DictConfig) -> JobFailure | None:
     """Run one job. Bad input ends a single run with one paragraph and exit code 2. Inside a sweep, a job that
     fails (bad input or any error, logged with its traceback) returns a :class:`JobFailure` instead, so that the
     sweep goes on with its other jobs and its summary names the failed ones; a Ctrl-C stops the sweep."""
+    configure_console(bool(cfg.get("verbose", False)))
     watch = _InterruptWatch()
     previous = signal.signal(signal.SIGINT, watch) if _main_thread() else None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -215,3 +216,25 @@ def describe_unfinished(sweep_dir: Path) -> tuple[int, str] | None:
         why = f"failed: {record.error}" if record.status == "failed" else (record.error or "interrupted")
         lines.append(f"  #{record.number} ({shown}): {why}")
     return len(every), "\n".join(lines)
+
+
+#: The longest job folder name, so that a job with many overrides still gets a folder every file system accepts.
+JOB_NAME_CHARACTERS = 120
+JOB_NAME_RESOLVER = "fopru_job_name"
+
+
+def job_folder_name(number: int | str, overrides: str) -> str:
+    """A sweep job's folder name: its number, then what it overrides (Hydra's ``hydra.job.override_dirname``,
+    e.g. ``3-keep=0.1,strategy=row``), with path separators replaced and cut to :data:`JOB_NAME_CHARACTERS`."""
+    shown = re.sub(r"[/\\\0]", "_", overrides).strip(".") if overrides else ""
+    name = f"{number}-{shown}" if shown else str(number)
+    return name[:JOB_NAME_CHARACTERS]
+
+
+def register_resolvers() -> None:
+    """Make ``${fopru_job_name:NUMBER,OVERRIDES}`` (:func:`job_folder_name`) usable in configs
+    (``hydra.sweep.subdir``)."""
+    if not OmegaConf.has_resolver(JOB_NAME_RESOLVER):
+        OmegaConf.register_new_resolver(
+            JOB_NAME_RESOLVER, lambda number, overrides="": job_folder_name(number, overrides)
+        )

@@ -15,8 +15,10 @@ from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.eval.evaluate import evaluate
 from fopru.eval.kept import record_kept_patches
+from fopru.eval.result import RunResult
 from fopru.eval.tracking import ResultLogger
 from fopru.models.base import TargetModel
+from fopru.pareto.units import format_flops
 from fopru.pipeline import PruningPipeline
 from fopru.train.fit import train
 from fopru.train.recipe import TrainingRecipe
@@ -48,8 +50,8 @@ def run(cfg: DictConfig) -> PruningPipeline:
     folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     if cfg.stage != "validate":
         check_before_loading(cfg, pipeline, target, benchmark, result_logger, folder, results_root(cfg))
-    log.info("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    log.info(
+    log.debug("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    log.debug(
         "pipeline: significance=%s strategy=%s reorder=%s (positions=%s) llm_pruning=%s budget=%s",
         type(pipeline.significance).__name__,
         type(pipeline.strategy).__name__,
@@ -70,20 +72,32 @@ def run(cfg: DictConfig) -> PruningPipeline:
             result.save(folder)
             record_kept_patches(target, pipeline, benchmark, folder, cfg.figure_samples)
             result_logger.log(result, cfg, folder, name=folder.name)
-            log.info(
-                "%s: %s=%.4f with %.1f visual tokens, %.3g TFLOPs; result in %s",
-                result.data,
-                result.primary_metric,
-                result.accuracy,
-                result.kept_tokens,
-                result.tflops_total,
-                folder,
-            )
+            log.info(job_line(result, folder))
     if cfg.stage == "load":
         target.load()
         parameters = sum(parameter.numel() for parameter in target.model.parameters())
         log.info("loaded %s (%s, %.1fM parameters)", target.checkpoint, type(target.model).__name__, parameters / 1e6)
     return pipeline
+
+
+def job_line(result: RunResult, folder: Path) -> str:
+    """The one console line of a finished job: what varies (its overrides), the primary metric with its 95%
+    interval, the kept tokens, the FLOPs and where the results are."""
+    varies = " ".join(result.overrides) or "defaults"
+    return (
+        f"{varies} | {result.data} {result.primary_metric} {result.accuracy_interval} | "
+        f"{result.kept_tokens:.1f} visual tokens | {format_flops(result.tflops_total)} per sample | "
+        f"{shown_path(folder)} (predictions in {shown_path(Path(result.results_folder or folder))})"
+    )
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the folder the command was started in, when it lies below it."""
+    start = Path(get_original_cwd()) if HydraConfig.initialized() else Path.cwd()
+    try:
+        return str(Path(path).resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def results_root(cfg: DictConfig) -> Path:

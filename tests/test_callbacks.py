@@ -263,7 +263,7 @@ def test_an_interrupted_sweep_is_summarized_and_rerunning_it_finishes_it(tmp_pat
         env=subprocess_env(tmp_path),
     )
     deadline = time.monotonic() + 120
-    while not (sweep / "1" / "job.json").exists() and time.monotonic() < deadline and process.poll() is None:
+    while not list(sweep.glob("1-*/job.json")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)  # Ctrl-C while the second job runs
     output, _ = process.communicate(timeout=120)
@@ -294,7 +294,10 @@ def test_a_bare_multirun_sweeps_keep_and_command_line_values_replace_it(tmp_path
         ["keep=" + keep, "stage=validate"] for keep in ("0.05", "0.1", "0.25", "0.5", "1.0")
     ]
     assert "nothing to summarize" in output  # stage=validate writes no result.json; the callback copes
-    assert sorted(path.name for path in (tmp_path / "default").iterdir() if path.is_dir()) == list("01234")
+    # Job folders say what each job overrides.
+    assert sorted(path.name for path in (tmp_path / "default").iterdir() if path.is_dir()) == [
+        f"{number}-keep={keep},stage=validate" for number, keep in enumerate(("0.05", "0.1", "0.25", "0.5", "1.0"))
+    ]
     assert one.returncode == 0, one.stderr
     assert [sorted(job.split()) for job in launched_jobs(one.stdout + one.stderr)] == [
         ["keep=0.05", "stage=validate", "strategy=row"]

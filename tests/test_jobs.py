@@ -56,3 +56,21 @@ def test_varying_overrides() -> None:
     assert jobs.varying_overrides([("a=1", "b=2"), ("a=1", "b=3")]) == {"b"}
     assert jobs.varying_overrides([("a=1",), ("a=1", "c=0")]) == {"c"}
     assert jobs.varying_overrides([("a=1", "b=2")]) == {"a", "b"}
+
+
+def test_job_folder_names_say_what_the_job_overrides() -> None:
+    assert jobs.job_folder_name(3, "keep=0.1,strategy=row") == "3-keep=0.1,strategy=row"
+    assert jobs.job_folder_name(0, "") == "0"
+    assert jobs.job_folder_name(1, "model.checkpoint=/data/llava") == "1-model.checkpoint=_data_llava"
+    assert len(jobs.job_folder_name(12, "keep=0.1," * 40)) == jobs.JOB_NAME_CHARACTERS
+
+
+def test_the_resolver_names_a_job_folder() -> None:
+    from omegaconf import OmegaConf
+
+    jobs.register_resolvers()
+    jobs.register_resolvers()  # twice is harmless
+    config = OmegaConf.create(
+        {"num": 2, "dirname": "keep=0.1,strategy=row", "subdir": "${fopru_job_name:${num},${dirname}}"}
+    )
+    assert config.subdir == "2-keep=0.1,strategy=row"

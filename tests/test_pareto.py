@@ -196,10 +196,10 @@ def test_csv_round_trip(tmp_path: Path) -> None:
 def test_plot_pareto_writes_one_subplot_per_benchmark(tmp_path: Path) -> None:
     results = sweep_results()
     one = plot_pareto(results[:4], "tflops_total", tmp_path / "one.png")
-    assert png_size(one) == (640, 480)
+    assert png_size(one) == (640 + 320, 480)  # a subplot and the legend beside it
     assert one.stat().st_size > 10_000  # axes, curves and labels, not an empty canvas
     two = plot_pareto(results, "latency", tmp_path / "two.png")
-    assert png_size(two) == (1280, 480)
+    assert png_size(two) == (1280 + 320, 480)
 
 
 def test_plot_pareto_refuses_no_results(tmp_path: Path) -> None:
@@ -344,3 +344,39 @@ def test_pivot_markdown_by_hand() -> None:
     assert pivot_markdown(results, "strategy", "keep") == (
         "| strategy \\ keep | 0.1 | 0.5 |\n|---|---|---|\n| rank | 90.0 | 95.0 |\n| row | 81.2 |  |"
     )
+
+
+def test_jobs_in_named_folders_are_collected_by_number(tmp_path: Path) -> None:
+    for number in (10, 2, 0):
+        folder = tmp_path / f"{number}-keep={number / 10}"
+        folder.mkdir()
+        make_result(keep=number / 10 or 1.0).save(folder)
+    assert [result.keep for result in collect(tmp_path)] == [1.0, 0.2, 1.0]
+
+
+def test_kept_patches_of_many_jobs_go_on_pages_titled_by_what_varies(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fopru.pareto.plots import job_title, plot_kept_pages
+
+    sweep = tmp_path / "sweep"
+    reorders = ("original", "significance")
+    results = [
+        make_result(strategy="rank", reorder=reorders[job % 2], keep=0.25, overrides=[f"reorder={reorders[job % 2]}",
+                    f"seed={job}"])
+        for job in range(10)
+    ]  # fmt: skip
+    write_sweep(sweep, results, list(range(10)))
+    for job in range(10):
+        folder = sweep / str(job)
+        (folder / "kept_patches").mkdir()
+        Image.new("RGB", (8, 8), "white").save(folder / "kept_patches" / "0.png")
+        record = {"sample_id": "s0", "question": "q", "grid": [2, 2], "kept": [0], "image": "kept_patches/0.png"}
+        (folder / "kept_patches.json").write_text(json.dumps([record]))
+    pages = plot_kept_pages(sweep, sweep / "kept.png", max_jobs=4)
+    assert pages == [sweep / "kept.png", sweep / "kept_2.png", sweep / "kept_3.png"]  # 4 + 4 + 2 jobs, none dropped
+    assert png_size(pages[0])[0] > png_size(pages[2])[0]
+    # Jobs that differ only in reorder (and seed) get titles that say so.
+    assert job_title(sweep / "1", results[1], "reorder=significance seed=1") == "#1\nreorder=significance\nseed=1"
+    summary = summarize_sweep(sweep, group="g", log_to_wandb=False)
+    assert summary.kept_pages == (sweep / "kept_patches.png", sweep / "kept_patches_2.png")

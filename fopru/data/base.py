@@ -62,6 +62,9 @@ class Benchmark(ABC):
     GENERATION: ClassVar[Mapping[str, GenerationSettings]]
     #: Why a protocol absent from ``GENERATION`` cannot score the benchmark.
     UNSUPPORTED_REASON: ClassVar[str] = "the LLaVA repository holds no scoring code for it"
+    #: The record field naming the unit :meth:`score` treats as one sample (``question_id`` for MME, whose score
+    #: needs both questions of an image): bootstrap intervals (:mod:`fopru.eval.uncertainty`) resample these units.
+    BOOTSTRAP_UNIT: ClassVar[str] = "sample_id"
 
     def __init__(self, limit: int | None = None, seed: int = 0, scoring: str = DEFAULT_SCORING) -> None:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):

@@ -42,6 +42,7 @@ class MMBenchBenchmark(MultipleChoiceBenchmark):
 
     columns = ("index", "question", "hint", "A", "B", "C", "D", "answer", "category")
     VARIANT_STRIDE = 1_000_000
+    BOOTSTRAP_UNIT = "index"  # a question: CircularEval scores its variants together
     OPTIONS_HEADER = "There are several options:"  # lmms-eval's mmbench.yaml metadata.sys_prompt
 
     def __init__(

@@ -23,6 +23,7 @@ class MMEBenchmark(HubBenchmark):
     """
 
     GENERATION = per_protocol(GenerationSettings(16), 16)
+    BOOTSTRAP_UNIT = "question_id"  # an image: its two questions are scored together
     UNSUPPORTED_REASON = "LLaVA's mme.sh scores with MME's own eval tool, which the LLaVA repository does not hold"
 
     @property

@@ -31,6 +31,7 @@ from fopru.eval.locking import exclusive_results_folder, launched_as_extra_rank
 from fopru.eval.module import EvaluationModule
 from fopru.eval.records import finished_ids, read_records
 from fopru.eval.result import Latency, RunResult
+from fopru.eval.uncertainty import bootstrap_interval
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from fopru.timing import PhaseTimer
@@ -72,8 +73,10 @@ def job_identity(cfg: DictConfig, target: TargetModel, benchmark: Benchmark) -> 
 
 
 def results_folder(cfg: DictConfig, identity: dict[str, Any] | None = None) -> Path:
-    """``<results_dir>/<data>/<model>/<strategy>-<significance>[-<llm_pruning>]-keep<keep>-<hash>``: one folder per
-    configuration, the hash over the :data:`IDENTITY_KEYS` and ``identity`` (:func:`job_identity`)."""
+    """``<results_dir>/<data>/<model>/<strategy>-<significance>[-<reorder>][-<llm_pruning>]-keep<keep>[-seed<seed>]-
+    <hash>``: one folder per configuration, its name holding every choice that differs from the defaults (reorder
+    other than ``original``, in-LLM pruning, a seed other than 0), the hash over the :data:`IDENTITY_KEYS` and
+    ``identity`` (:func:`job_identity`)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     key = {name: resolved.get(name) for name in IDENTITY_KEYS}
@@ -83,14 +86,23 @@ def results_folder(cfg: DictConfig, identity: dict[str, Any] | None = None) -> P
         key["identity"] = identity
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     budget = f"tokens{cfg.keep_tokens}" if cfg.keep_tokens is not None else f"keep{cfg.keep}"
-    method = f"{choice(cfg, 'strategy')}-{choice(cfg, 'significance')}"
-    if "llm_pruning" in cfg and choice(cfg, "llm_pruning") not in ("none", "NoLLMPruning"):
-        method += f"-{choice(cfg, 'llm_pruning')}"
-    name = f"{method}-{budget}-{digest}"
+    parts = [choice(cfg, "strategy"), choice(cfg, "significance")]
+    if "reorder" in cfg and choice(cfg, "reorder") not in DEFAULT_CHOICES:
+        parts.append(choice(cfg, "reorder"))
+    if "llm_pruning" in cfg and choice(cfg, "llm_pruning") not in DEFAULT_CHOICES:
+        parts.append(choice(cfg, "llm_pruning"))
+    parts.append(budget)
+    if cfg.get("seed", 0) not in (0, None):
+        parts.append(f"seed{cfg.seed}")
+    name = "-".join([*parts, digest])
     root = Path(cfg.results_dir)
     if not root.is_absolute() and HydraConfig.initialized():
         root = Path(get_original_cwd()) / root
     return root / choice(cfg, "data") / choice(cfg, "model") / name
+
+
+#: The default options of the groups a results folder names only when they differ (as chosen, or as class names).
+DEFAULT_CHOICES: frozenset[str] = frozenset({"original", "OriginalOrder", "none", "NoLLMPruning"})
 
 
 def choice(cfg: DictConfig, group: str) -> str:
@@ -316,6 +328,7 @@ def score_and_measure(
         unavailable["throughput"] = (
             f"all {len(records)} samples were predicted by earlier runs of this configuration: nothing was timed"
         )
+    interval = bootstrap_interval(records, benchmark.score, benchmark.primary_metric, benchmark.BOOTSTRAP_UNIT)
     result = RunResult(
         group=str(cfg.group),
         model=choice(cfg, "model"),
@@ -346,6 +359,9 @@ def score_and_measure(
         samples_requested=len(wanted),
         throughput_samples=new_samples if throughput is not None else None,
         unavailable=unavailable,
+        accuracy_low=interval.low,
+        accuracy_high=interval.high,
+        results_folder=str(folder),
     )
     result.save(folder)
     return result

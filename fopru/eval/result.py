@@ -70,6 +70,10 @@ class RunResult:
         unavailable: why a figure is ``None``, by field name (``throughput``, ``peak_memory_bytes``).
         scoring: the scoring protocol of ``metrics``, ``name@revision`` (:mod:`fopru.data.scoring`); results
             written before it was recorded were scored ``lenient``.
+        accuracy_low, accuracy_high: the 95% bootstrap interval of the primary metric over samples
+            (:mod:`fopru.eval.uncertainty`); ``None`` in results written before it was recorded.
+        results_folder: the folder holding the job's predictions (``predictions.rank*.jsonl``) and config, which
+            paired comparisons of two jobs read.
     """
 
     group: str
@@ -101,11 +105,26 @@ class RunResult:
     throughput_samples: int | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     scoring: str = "lenient"
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    results_folder: str | None = None
 
     @property
     def accuracy(self) -> float:
         """The primary metric's value."""
         return self.metrics[self.primary_metric]
+
+    @property
+    def accuracy_interval(self) -> str:
+        """The primary metric with its 95% interval, e.g. ``0.620 [0.480, 0.760]`` or ``1432 [1350, 1511]`` for
+        totals (no interval recorded: the value only)."""
+
+        def show(value: float) -> str:
+            return f"{value:.3f}" if abs(value) <= 1 else f"{value:.4g}"
+
+        if self.accuracy_low is None or self.accuracy_high is None:
+            return show(self.accuracy)
+        return f"{show(self.accuracy)} [{show(self.accuracy_low)}, {show(self.accuracy_high)}]"
 
     def save(self, folder: Path) -> Path:
         """Write ``result.json`` into ``folder``."""

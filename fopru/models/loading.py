@@ -113,7 +113,7 @@ def resolve_checkpoint(checkpoint: str) -> str:
         reason = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} could not be reached"
         raise ConfigError(
             f"checkpoint {checkpoint!r} could not be reached: it is not in the local Hugging Face cache and {reason}. "
-            "Download it on a machine with internet (huggingface-cli download "
+            "Download it on a machine with internet (hf download "
             f"{checkpoint}) and copy the cache, or point the model config's checkpoint at a local folder."
         )
     return checkpoint

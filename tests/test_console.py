@@ -42,7 +42,7 @@ def test_a_job_prints_its_line_and_the_summary_files_only(tmp_path: Path) -> Non
     assert f"easyvqa accuracy {result.accuracy_interval} | {result.kept_tokens:.1f} visual tokens" in lines[0]
     assert lines[0].split("] - ", 1)[1].startswith("data.limit=8 latency_samples=0")
     assert f"| run (predictions in {Path(str(result.results_folder)).relative_to(tmp_path)})" in lines[0]
-    assert lines[1].endswith("/run: results.csv, pareto_tflops.png")
+    assert lines[1].endswith("/run: results.csv, report.html, pareto_tflops.png")
     assert not [noise for noise in NOISE if noise in output]
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()  # the full config is in the job folder
 

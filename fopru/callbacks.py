@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def sweep_group(config: DictConfig, folder: Path) -> str:
-    """The sweep's name: the top-level ``group`` key when the config has a non-empty one, else the folder's name."""
+    """The sweep's name: the top-level ``group`` key when the config has a non-empty one (a sweep preset sets it),
+    else what varies across its jobs (:func:`fopru.jobs.sweep_name`), else the folder's name."""
     group = config.get("group") if "group" in config else None
-    return str(group) if group else folder.resolve().name
+    return str(group) if group else jobs.sweep_name(folder)
 
 
 def exit_on_termination() -> None:

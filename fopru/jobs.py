@@ -78,16 +78,50 @@ def planned_jobs(config: DictConfig) -> list[tuple[str, ...]] | None:
     return [tuple(job) for job in batch]
 
 
+#: The longest sweep name made of its overrides (W&B group names are capped at 128 characters).
+MAX_GROUP_LENGTH = 120
+
+
+def sweep_label(planned: list[tuple[str, ...]] | None) -> str | None:
+    """What varies across a sweep's jobs, written as on the command line (``keep=0.05,0.1 strategy=rank,row``), or
+    ``None`` when nothing varies or the jobs are not known: the name of a sweep that has no preset's ``group``."""
+    if not planned or len(planned) < 2:
+        return None
+    varying = varying_overrides(planned)
+    values: dict[str, list[str]] = {}
+    for job in planned:
+        for override in job:
+            key, _, value = override.partition("=")
+            if key in varying and value not in values.setdefault(key, []):
+                values[key].append(value)
+    if not values:
+        return None
+    name = " ".join(f"{key}={','.join(chosen)}" for key, chosen in values.items()).replace("/", "_")
+    return name if len(name) <= MAX_GROUP_LENGTH else name[: MAX_GROUP_LENGTH - 3] + "..."
+
+
 def start_sweep(sweep_dir: Path, planned: list[tuple[str, ...]] | None) -> str:
-    """Give the sweep in ``sweep_dir`` a fresh id and record its planned jobs; returns the id."""
+    """Give the sweep in ``sweep_dir`` a fresh id and record its planned jobs and the name made of what varies
+    across them (:func:`sweep_label`); returns the id."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sweep = uuid.uuid4().hex
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    _write_json(
-        sweep_dir / SWEEP_FILE,
-        {"id": sweep, "started": started, "jobs": None if planned is None else [list(job) for job in planned]},
-    )
+    record = {
+        "id": sweep,
+        "started": started,
+        "jobs": None if planned is None else [list(job) for job in planned],
+        "name": sweep_label(planned),
+    }
+    _write_json(sweep_dir / SWEEP_FILE, record)
     return sweep
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """The name of the sweep in ``sweep_dir``: what varies across its jobs when ``sweep.json`` knows it, else the
+    folder's name."""
+    sweep = read_sweep(sweep_dir)
+    name = sweep.get("name") if sweep is not None else None
+    return str(name) if name else Path(sweep_dir).resolve().name
 
 
 def read_sweep(sweep_dir: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from fopru.eval.evaluate import evaluate
 from fopru.eval.kept import record_kept_patches
 from fopru.eval.result import RunResult
 from fopru.eval.tracking import ResultLogger
+from fopru.jobs import sweep_name
 from fopru.models.base import TargetModel
 from fopru.pareto.units import format_flops
 from fopru.pipeline import PruningPipeline
@@ -109,7 +110,8 @@ def results_root(cfg: DictConfig) -> Path:
 
 
 def default_group() -> str:
-    """The sweep folder's name inside ``-m`` (all its jobs share it), else ``single``."""
+    """Inside ``-m``, the sweep's name (all its jobs share it): what varies across its jobs, else the sweep folder's
+    name (:func:`fopru.jobs.sweep_name`); else ``single``."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
+        return sweep_name(Path(HydraConfig.get().sweep.dir))
     return "single"

@@ -15,6 +15,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from fopru import jobs
 from fopru.callbacks import OneGpuPerWorker, ParetoCallback, claim_gpu, lock_file_name, sweep_group
 from fopru.components import CONFIG_DIR
 from fopru.pareto import collect
@@ -126,6 +127,9 @@ def test_sweep_group_prefers_the_group_key(tmp_path: Path) -> None:
     assert sweep_group(OmegaConf.create({"group": "strategies"}), tmp_path / "12-00-00") == "strategies"
     assert sweep_group(OmegaConf.create({"group": None}), tmp_path / "12-00-00") == "12-00-00"
     assert sweep_group(OmegaConf.create({}), tmp_path / "12-00-00") == "12-00-00"
+    jobs.start_sweep(tmp_path / "12-00-01", [("keep=0.1", "strategy=row"), ("keep=0.5", "strategy=row")])
+    assert sweep_group(OmegaConf.create({"group": None}), tmp_path / "12-00-01") == "keep=0.1,0.5"
+    assert sweep_group(OmegaConf.create({"group": "strategies"}), tmp_path / "12-00-01") == "strategies"
 
 
 def test_the_callback_logs_instead_of_raising(

@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from fopru import jobs
 from fopru.components import CONFIG_DIR
+from fopru.jobs import MAX_GROUP_LENGTH, start_sweep, sweep_label, sweep_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -74,3 +75,23 @@ def test_the_resolver_names_a_job_folder() -> None:
         {"num": 2, "dirname": "keep=0.1,strategy=row", "subdir": "${fopru_job_name:${num},${dirname}}"}
     )
     assert config.subdir == "2-keep=0.1,strategy=row"
+
+
+def test_a_sweep_is_named_after_what_varies_across_its_jobs(tmp_path: Path) -> None:
+    planned = [
+        ("keep=0.1", "strategy=rank", "data.limit=50"),
+        ("keep=0.1", "strategy=row", "data.limit=50"),
+        ("keep=0.5", "strategy=rank", "data.limit=50"),
+        ("keep=0.5", "strategy=row", "data.limit=50"),
+    ]
+    assert sweep_label(planned) == "keep=0.1,0.5 strategy=rank,row"  # data.limit is the same in every job
+    assert sweep_label([("keep=0.1",), ("keep=0.1",)]) is None
+    assert sweep_label(None) is None and sweep_label([]) is None
+    assert sweep_label([("model.checkpoint=a/b",), ("model.checkpoint=c/d",)]) == "model.checkpoint=a_b,c_d"
+    long = sweep_label([(f"keep={0.001 * i:.3f}",) for i in range(1, 60)])
+    assert long is not None and len(long) == MAX_GROUP_LENGTH and long.endswith("...")
+    start_sweep(tmp_path / "named", planned)
+    assert sweep_name(tmp_path / "named") == "keep=0.1,0.5 strategy=rank,row"
+    start_sweep(tmp_path / "same", [("keep=0.1",)])
+    assert sweep_name(tmp_path / "same") == "same"  # nothing varies: the folder's name
+    assert sweep_name(tmp_path / "unrecorded") == "unrecorded"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
 import numpy as np
+import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -47,6 +50,36 @@ def make_image(seed: int, width: int = 48, height: int = 48) -> Image.Image:
 
 #: Every tiny model registered in conf/model/ (``tiny_*.yaml``): the families the contract tests run on.
 TINY_MODELS = [name for name in choices("model") if name.startswith("tiny_")]
+
+#: Language-model depth of the deepened tiny families: the tiny models have 2 layers, 4 let in-LLM methods (PyramidDrop,
+#: the method presets' boundaries) have several stages.
+DEPTH = 4
+
+
+def deepen(adapter: TargetModel, depth: int = DEPTH) -> TargetModel:
+    """A copy of ``adapter`` whose language model has ``depth`` layers: the tiny weights where they exist (vision
+    tower, projector, embeddings, first layers), seeded random weights for the added layers."""
+    config = copy.deepcopy(adapter.model.config)
+    text = config.get_text_config()
+    text.num_hidden_layers = depth
+    if getattr(text, "layer_types", None):
+        text.layer_types = [text.layer_types[0]] * depth
+    torch.manual_seed(0)
+    model = type(adapter.model)(config).eval()
+    missing, unexpected = model.load_state_dict(adapter.model.state_dict(), strict=False)
+    assert not unexpected and all(".layers.2." in name or ".layers.3." in name for name in missing)
+    deeper = copy.copy(adapter)
+    deeper._model = model
+    return deeper
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def deep_family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
+    """Every tiny family, loaded from its registered config and deepened to :data:`DEPTH` layers."""
+    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
+    assert isinstance(built, TargetModel)
+    built.load()
+    return request.param, deepen(built)
 
 
 def fixture_module(name: str) -> ModuleType:

@@ -3,7 +3,6 @@ reference run layer by layer without a cache, greedy decoding of that reference,
 
 from __future__ import annotations
 
-import copy
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
@@ -11,11 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from transformers import DynamicCache
 
-from fopru.components import CONFIG_DIR, choices, load
+from fopru.components import choices, load
 from fopru.efficiency import counted_flops
 from fopru.llm_pruning import (
     DART,
@@ -31,9 +28,8 @@ from fopru.models.base import TargetModel
 from fopru.models.inputs import Generation, LanguageInputs
 from fopru.models.staged import LastQueryAttention, _Stream
 from fopru.pipeline import PruningPipeline
-from tests.models.conftest import TINY_MODELS, example_batch, make_pipeline
+from tests.models.conftest import DEPTH, example_batch, make_pipeline
 
-DEPTH = 4  # the tiny language models have 2 layers; a deeper copy lets PyramidDrop have several stages
 METHODS: list[LLMPruning] = [
     FastV(layer=1, keep=0.5),
     FastV(layer=2, keep=0.3),
@@ -47,33 +43,27 @@ RECYCLING = SparseVLM(layers=(1, 2, 3), counts=(0.6, 0.4, 0.2))
 NEW_TOKENS = 5
 
 
-def deepen(adapter: TargetModel, depth: int = DEPTH) -> TargetModel:
-    """A copy of ``adapter`` whose language model has ``depth`` layers: the tiny weights where they exist (vision
-    tower, projector, embeddings, first layers), seeded random weights for the added layers."""
-    config = copy.deepcopy(adapter.model.config)
-    text = config.get_text_config()
-    text.num_hidden_layers = depth
-    if getattr(text, "layer_types", None):
-        text.layer_types = [text.layer_types[0]] * depth
-    torch.manual_seed(0)
-    model = type(adapter.model)(config).eval()
-    missing, unexpected = model.load_state_dict(adapter.model.state_dict(), strict=False)
-    assert not unexpected and all(".layers.2." in name or ".layers.3." in name for name in missing)
-    deeper = copy.copy(adapter)
-    deeper._model = model
-    return deeper
-
-
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
-    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
-    assert isinstance(built, TargetModel)
-    built.load()
-    return request.param, deepen(built)
-
-
 def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
     return example_batch(name, adapter, samples)
+
+
+def assert_first_boundary_keeps_the_most_attended(
+    deep_family: tuple[str, TargetModel], method: LLMPruning, ranked_by_layer: int
+) -> None:
+    """The visual tokens surviving ``method``'s first boundary are those the last token attends to most in the stock
+    model's eager attention of layer index ``ranked_by_layer`` (heads averaged), ties toward the lower index."""
+    name, adapter = deep_family
+    batch = batch_of(name, adapter, [0, 1])
+    generation = adapter.generate(batch, pipeline_with(method), max_new_tokens=1)
+    inputs = generation.inputs
+    assert inputs.visual_mask is not None
+    rows = eager_last_rows(adapter, inputs)[ranked_by_layer]
+    for sample in range(2):
+        visual = inputs.visual_mask[sample].nonzero().flatten()
+        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
+        expected = visual[rows[sample, visual].argsort(descending=True, stable=True)[:kept]].sort().values
+        present = generation.survivors[0][sample] & inputs.visual_mask[sample]
+        assert torch.equal(present.nonzero().flatten(), expected)
 
 
 def pipeline_with(method: LLMPruning) -> PruningPipeline:
@@ -155,8 +145,8 @@ def instruction_of(inputs: LanguageInputs, sample: int) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def test_probe_rows_equal_eager_attention_and_leave_the_layer_unchanged(family: tuple[str, TargetModel]) -> None:
-    name, adapter = family
+def test_probe_rows_equal_eager_attention_and_leave_the_layer_unchanged(deep_family: tuple[str, TargetModel]) -> None:
+    name, adapter = deep_family
     batch = batch_of(name, adapter, [0, 1])  # different prompt lengths: left padding
     inputs = adapter.prefill_inputs(batch, pipeline_with(NoLLMPruning()))
     language = adapter.model.model.language_model
@@ -177,9 +167,9 @@ def test_probe_rows_equal_eager_attention_and_leave_the_layer_unchanged(family: 
 
 
 @torch.no_grad()
-def test_keeping_every_token_equals_the_stock_path(family: tuple[str, TargetModel]) -> None:
+def test_keeping_every_token_equals_the_stock_path(deep_family: tuple[str, TargetModel]) -> None:
     """A boundary that keeps all tokens runs the staged layers; logits and tokens equal the stock forward's."""
-    name, adapter = family
+    name, adapter = deep_family
     batch = batch_of(name, adapter, [0, 1])
     stock = adapter.generate(batch, pipeline_with(NoLLMPruning()), max_new_tokens=NEW_TOKENS)
     staged = adapter.generate(batch, pipeline_with(PyramidDrop(layers=(1, 3), ratio=1.0)), max_new_tokens=NEW_TOKENS)
@@ -201,10 +191,10 @@ def test_keeping_every_token_equals_the_stock_path(family: tuple[str, TargetMode
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda method: f"{type(method).__name__}-{vars(method)}")
 @torch.no_grad()
-def test_pruned_generation_equals_a_masked_reference(family: tuple[str, TargetModel], method: LLMPruning) -> None:
+def test_pruned_generation_equals_a_masked_reference(deep_family: tuple[str, TargetModel], method: LLMPruning) -> None:
     """Prefill logits, every decode step's greedy token and the per-layer cache lengths, batched with left padding,
     against the stock layers run on the full sequence with the dropped tokens masked out."""
-    name, adapter = family
+    name, adapter = deep_family
     batch = batch_of(name, adapter, [0, 1])
     pipeline = pipeline_with(method)
     generation = adapter.generate(batch, pipeline, max_new_tokens=NEW_TOKENS)
@@ -249,42 +239,18 @@ def test_pruned_generation_equals_a_masked_reference(family: tuple[str, TargetMo
 
 
 @torch.no_grad()
-def test_fastv_drops_the_visual_tokens_the_last_token_attends_least(family: tuple[str, TargetModel]) -> None:
+def test_fastv_drops_the_visual_tokens_the_last_token_attends_least(deep_family: tuple[str, TargetModel]) -> None:
     """The survivors of a FastV boundary at layer 2 are the top visual tokens of the stock model's eager
     attention row of the last token in layer 2 (index 1), heads averaged."""
-    name, adapter = family
-    batch = batch_of(name, adapter, [0, 1])
-    method = FastV(layer=2, keep=0.3)
-    generation = adapter.generate(batch, pipeline_with(method), max_new_tokens=1)
-    inputs = generation.inputs
-    assert inputs.visual_mask is not None
-    rows = eager_last_rows(adapter, inputs)[1]
-    for sample in range(2):
-        visual = inputs.visual_mask[sample].nonzero().flatten()
-        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
-        expected = visual[rows[sample, visual].argsort(descending=True, stable=True)[:kept]].sort().values
-        present = generation.survivors[0][sample] & inputs.visual_mask[sample]
-        assert torch.equal(present.nonzero().flatten(), expected)
+    assert_first_boundary_keeps_the_most_attended(deep_family, FastV(layer=2, keep=0.3), ranked_by_layer=1)
 
 
 @torch.no_grad()
-def test_pyramid_drop_ranks_with_the_next_layers_projections(family: tuple[str, TargetModel]) -> None:
+def test_pyramid_drop_ranks_with_the_next_layers_projections(deep_family: tuple[str, TargetModel]) -> None:
     """PyramidDrop's released ranking at its first boundary (before layer 2) scores the hidden states entering
     layer 2 with layer 2's own norm, projections and rotary embedding: that is the stock model's eager attention
     row of the last token in layer 2 (index 2), heads averaged, where FastV reads layer index 1."""
-    name, adapter = family
-    batch = batch_of(name, adapter, [0, 1])
-    method = PyramidDrop(layers=(2, 3), keep=0.25)
-    generation = adapter.generate(batch, pipeline_with(method), max_new_tokens=1)
-    inputs = generation.inputs
-    assert inputs.visual_mask is not None
-    rows = eager_last_rows(adapter, inputs)[2]
-    for sample in range(2):
-        visual = inputs.visual_mask[sample].nonzero().flatten()
-        kept = method.schedule(int(visual.numel()), DEPTH, make_pipeline().budget)[0].kept
-        expected = visual[rows[sample, visual].argsort(descending=True, stable=True)[:kept]].sort().values
-        present = generation.survivors[0][sample] & inputs.visual_mask[sample]
-        assert torch.equal(present.nonzero().flatten(), expected)
+    assert_first_boundary_keeps_the_most_attended(deep_family, PyramidDrop(layers=(2, 3), keep=0.25), ranked_by_layer=2)
 
 
 @pytest.mark.parametrize(
@@ -292,8 +258,10 @@ def test_pyramid_drop_ranks_with_the_next_layers_projections(family: tuple[str, 
     [METHODS[0], METHODS[2], METHODS[3], METHODS[4], METHODS[5], METHODS[6], RECYCLING],
     ids=["fastv", "vtw", "pyramid_drop", "pyramid_own", "dart", "sparsevlm", "sparsevlm-recycling"],
 )
-def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, TargetModel], method: LLMPruning) -> None:
-    name, adapter = family
+def test_analytic_flops_equal_a_counted_pruned_generation(
+    deep_family: tuple[str, TargetModel], method: LLMPruning
+) -> None:
+    name, adapter = deep_family
     batch = batch_of(name, adapter, [1])
     pipeline = pipeline_with(method)
     generations: list[Generation] = []
@@ -309,9 +277,9 @@ def test_analytic_flops_equal_a_counted_pruned_generation(family: tuple[str, Tar
 
 @pytest.mark.parametrize("name", choices("llm_pruning"))
 @torch.no_grad()
-def test_every_registered_method_runs_batched(family: tuple[str, TargetModel], name: str) -> None:
+def test_every_registered_method_runs_batched(deep_family: tuple[str, TargetModel], name: str) -> None:
     """The registered configs as they are (run budget keep = 0.25) on a 4-layer language model, left-padded."""
-    family_name, adapter = family
+    family_name, adapter = deep_family
     method = load("llm_pruning", name, LLMPruning)
     pipeline = replace(make_pipeline("none", keep=0.25, positions="original"), llm_pruning=method)
     generation = adapter.generate(batch_of(family_name, adapter, [0, 1]), pipeline, max_new_tokens=2)
@@ -321,11 +289,13 @@ def test_every_registered_method_runs_batched(family: tuple[str, TargetModel], n
 
 
 @torch.no_grad()
-def test_sparsevlm_keeps_what_its_raters_attend_to_in_stock_eager_attention(family: tuple[str, TargetModel]) -> None:
+def test_sparsevlm_keeps_what_its_raters_attend_to_in_stock_eager_attention(
+    deep_family: tuple[str, TargetModel],
+) -> None:
     """The survivors of a SparseVLM boundary at layer 2: raters chosen from the prompt's input embeddings (the
     official rule), their head-averaged rows of the stock model's eager attention of layer 2 (index 1), averaged
     over raters; the best visual tokens survive (batched, left-padded)."""
-    name, adapter = family
+    name, adapter = deep_family
     method = SparseVLM(layers=(2,), counts=(0.4,))
     generation = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline_with(method), max_new_tokens=1)
     inputs = generation.inputs
@@ -343,11 +313,11 @@ def test_sparsevlm_keeps_what_its_raters_attend_to_in_stock_eager_attention(fami
 
 
 @torch.no_grad()
-def test_dart_pivots_come_from_the_stock_layers_keys_and_states(family: tuple[str, TargetModel]) -> None:
+def test_dart_pivots_come_from_the_stock_layers_keys_and_states(deep_family: tuple[str, TargetModel]) -> None:
     """DART at layer 2 from the stock model: layer 1's keys rebuilt from its own projections and rotary embedding,
     the states of layer 1's output through the final norm; the official selection on them (``DART.choose``, checked
     against the code step by step in tests/llm_pruning/test_dart.py) gives the generation's survivors."""
-    name, adapter = family
+    name, adapter = deep_family
     method = DART(layer=2, keep=0.5)
     generation = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline_with(method), max_new_tokens=1)
     inputs = generation.inputs
@@ -377,10 +347,10 @@ def test_dart_pivots_come_from_the_stock_layers_keys_and_states(family: tuple[st
 
 
 @torch.no_grad()
-def test_sparsevlm_recycling_batched_equals_each_sample_alone(family: tuple[str, TargetModel]) -> None:
+def test_sparsevlm_recycling_batched_equals_each_sample_alone(deep_family: tuple[str, TargetModel]) -> None:
     """With recycled tokens inserted after the kept visual tokens (left-padded, per-sample counts), every layer's
     cache holds text + kept + recycled tokens, and the batch decodes what each sample decodes alone."""
-    name, adapter = family
+    name, adapter = deep_family
     pipeline = pipeline_with(RECYCLING)
     together = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
     inputs = together.inputs

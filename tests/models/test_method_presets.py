@@ -12,24 +12,13 @@ from collections.abc import Mapping
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from fopru.components import CONFIG_DIR, choices
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
-from tests.models.conftest import TINY_MODELS, example_batch
-from tests.models.test_llm_pruning import deepen
+from tests.models.conftest import example_batch
 
 NEW_TOKENS = 2
-
-
-@pytest.fixture(scope="module", params=TINY_MODELS)
-def family(request: pytest.FixtureRequest) -> tuple[str, TargetModel]:
-    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{request.param}.yaml"))
-    assert isinstance(built, TargetModel)
-    built.load()
-    return request.param, deepen(built)
 
 
 def batch_of(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
@@ -47,8 +36,10 @@ def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:
 
 @pytest.mark.parametrize("method", choices("method"))
 @torch.no_grad()
-def test_every_method_preset_runs_batched_as_each_sample_alone(family: tuple[str, TargetModel], method: str) -> None:
-    name, adapter = family
+def test_every_method_preset_runs_batched_as_each_sample_alone(
+    deep_family: tuple[str, TargetModel], method: str
+) -> None:
+    name, adapter = deep_family
     pipeline = method_pipeline(method, has_cls=name.startswith("tiny_llava"))
     batched = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
     assert batched.tokens.shape[0] == 2

@@ -1,0 +1,320 @@
+"""The InternVL3 adapter on a tiny seeded random model, against stock transformers and hand-built inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fopru.components import CONFIG_DIR, choices
+from fopru.efficiency import counted_flops
+from fopru.errors import ConfigError
+from fopru.layout import Budget
+from fopru.models.inputs import Generation, KeptImage
+from fopru.models.internvl import InternVLAdapter
+from fopru.models.tiny import internvl as fixture
+from fopru.pipeline import PruningPipeline
+from fopru.significance.sources import FocalSignificance
+from tests.models.conftest import make_image, make_pipeline
+
+NEW_TOKENS = 6
+#: Crops of the fixture's example images: 64 x 64 is 2 x 2 tiles + thumbnail, 70 x 40 is 2 x 1 tiles + thumbnail.
+CROPS = (5, 3)
+TOKENS_PER_CROP = 16  # 8 x 8 patches of a 32-pixel crop, pixel-shuffled 2 x 2
+
+
+def load_tiny(**overrides: Any) -> InternVLAdapter:
+    config = OmegaConf.load(CONFIG_DIR / "model" / "tiny_internvl.yaml")
+    built = instantiate(config, **overrides)
+    assert isinstance(built, InternVLAdapter)
+    built.load()
+    return built
+
+
+@pytest.fixture(scope="module")
+def adapter() -> InternVLAdapter:
+    return load_tiny()
+
+
+def batch_of(adapter: InternVLAdapter, samples: list[int]) -> Mapping[str, torch.Tensor]:
+    images = [make_image(seed, *fixture.EXAMPLE_SIZES[seed]) for seed in samples]
+    return adapter.prepare(images, [fixture.EXAMPLE_PROMPTS[seed] for seed in samples])
+
+
+def pipeline(strategy: str = "none", keep: float = 1.0, positions: str = "compact") -> PruningPipeline:
+    return make_pipeline(strategy, keep=keep, positions=positions)  # type: ignore[arg-type]
+
+
+def stock_logits(adapter: InternVLAdapter, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        return adapter.model(**batch, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+
+
+def test_the_processor_tiles_and_expands_as_the_checkpoints_do(adapter: InternVLAdapter) -> None:
+    batch = batch_of(adapter, [0, 1])
+    assert adapter.crop_counts(batch) == list(CROPS)
+    assert batch["pixel_values"].shape == (sum(CROPS), 3, fixture.IMAGE_SIZE, fixture.IMAGE_SIZE)
+    tokenizer = adapter.processor.tokenizer
+    for sample, crops in enumerate(CROPS):
+        ids = batch["input_ids"][sample][batch["attention_mask"][sample].bool()].tolist()
+        start, stop = ids.index(tokenizer.start_image_token_id), ids.index(tokenizer.end_image_token_id)
+        assert ids[start + 1 : stop] == [adapter.model.config.image_token_id] * (crops * TOKENS_PER_CROP)
+
+
+# -- 1. without pruning the adapter is the stock model --------------------------------------------------------
+@pytest.mark.parametrize("samples", [[0], [0, 1]], ids=["B1", "B2"])
+def test_unpruned_prefill_and_generation_equal_the_stock_model(adapter: InternVLAdapter, samples: list[int]) -> None:
+    batch = batch_of(adapter, samples)
+    if len(samples) == 2:
+        assert bool((batch["attention_mask"] == 0).any()), "the batch should exercise left padding"
+    inputs = adapter.prefill_inputs(batch, pipeline())
+    assert torch.equal(inputs.attention_mask, batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(adapter.prefill_logits(inputs)[real], stock_logits(adapter, batch)[real])
+    tokenizer = adapter.processor.tokenizer
+    with torch.no_grad():
+        stock = adapter.model.generate(
+            **batch, do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.pad_token_id
+        )
+    ours = adapter.generate(batch, pipeline(), max_new_tokens=NEW_TOKENS)
+    assert torch.equal(ours.tokens, stock[:, batch["input_ids"].shape[1] :])
+
+
+# -- 2. pruned prefill equals the stock language model fed by hand --------------------------------------------
+def hand_assembled_logits(
+    adapter: InternVLAdapter, batch: Mapping[str, torch.Tensor], kept: KeptImage, positions: str
+) -> torch.Tensor:
+    """One sample, one image: the stock projected tokens at the reported indices between the text embeddings."""
+    model = adapter.model
+    with torch.no_grad():
+        tokens = model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output.flatten(0, 1)
+        ids = batch["input_ids"][0]
+        placeholders = (ids == model.config.image_token_id).nonzero().flatten()
+        start, count = int(placeholders[0]), placeholders.shape[0]
+        assert count == tokens.shape[0] == kept.num_tokens
+        text = model.get_input_embeddings()(ids)
+        embeds = torch.cat([text[:start], tokens[kept.indices], text[start + count :]])
+        after = text.shape[0] - start - count
+        if positions == "compact":
+            position_ids = torch.arange(embeds.shape[0])
+        else:
+            position_ids = torch.cat([torch.arange(start), start + kept.indices, start + count + torch.arange(after)])
+        return model(inputs_embeds=embeds[None], position_ids=position_ids[None]).logits[0]
+
+
+@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_pruned_prefill_equals_hand_built_inputs(
+    adapter: InternVLAdapter, strategy: str, keep: float, positions: str
+) -> None:
+    batch = batch_of(adapter, [1])
+    inputs = adapter.prefill_inputs(batch, pipeline(strategy, keep, positions))
+    [kept] = inputs.images
+    assert kept.indices.shape[0] < kept.num_tokens
+    assert torch.equal(kept.indices, kept.indices.sort().values)
+    expected = hand_assembled_logits(adapter, batch, kept, positions)
+    torch.testing.assert_close(adapter.prefill_logits(inputs)[0], expected)
+
+
+# -- 3. the budget splits per crop; the language model sees exactly the kept tokens ------------------------------
+@pytest.mark.parametrize(("strategy", "keep", "per_crop"), [("rank", 0.25, 4), ("row", 0.5, 8), ("rank", 0.01, 1)])
+def test_every_crop_keeps_its_share_and_the_cache_holds_text_plus_kept(
+    adapter: InternVLAdapter, strategy: str, keep: float, per_crop: int
+) -> None:
+    """rank keeps max(1, floor(keep * 16)) tokens of every crop (thumbnail included), row max(1, floor(keep * 4))
+    whole rows of 4 tokens; each crop's rank tokens are that crop's most significant ones."""
+    batch = batch_of(adapter, [0])
+    built = pipeline(strategy, keep)
+    generation = adapter.generate(batch, built, max_new_tokens=2)
+    [kept] = generation.inputs.images
+    crop_of = kept.indices // TOKENS_PER_CROP
+    assert crop_of.bincount(minlength=CROPS[0]).tolist() == [per_crop] * CROPS[0]
+    features, attention = adapter.encode(batch["pixel_values"], built.request)
+    assert attention is not None
+    scores = built.significance.score(attention, features, adapter.image_layout(1)).reshape(-1)
+    for crop in range(CROPS[0]):
+        inside = kept.indices[crop_of == crop] % TOKENS_PER_CROP
+        if strategy == "row":
+            rows = inside // 4
+            assert rows.unique().numel() == per_crop // 4 and rows.bincount().max() == 4
+        else:
+            crop_scores = scores[crop * TOKENS_PER_CROP : (crop + 1) * TOKENS_PER_CROP]
+            best = crop_scores.topk(per_crop).indices.sort().values
+            assert torch.equal(inside, best)
+    assert generation.inputs.visual_tokens.tolist() == [per_crop * CROPS[0]]
+    text = int((batch["input_ids"] != adapter.model.config.image_token_id).sum())
+    assert generation.prompt_cache_length == text + per_crop * CROPS[0]
+
+
+def test_keep_tokens_is_a_fraction_of_the_image(adapter: InternVLAdapter) -> None:
+    batch = batch_of(adapter, [0])
+    base = pipeline("rank")
+    built = PruningPipeline(base.significance, base.strategy, base.reorder, Budget(keep_tokens=20))
+    [kept] = adapter.prefill_inputs(batch, built).images
+    assert kept.indices.shape[0] == 20  # 20 / 80 of every crop's 16 tokens: 4 per crop
+
+
+# -- 4. batching does not change the answer ---------------------------------------------------------------------
+@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
+def test_batched_generation_equals_each_sample_alone(adapter: InternVLAdapter, strategy: str, keep: float) -> None:
+    built = pipeline(strategy, keep)
+    batch = batch_of(adapter, [0, 1])
+    batched = adapter.generate(batch, built, max_new_tokens=NEW_TOKENS)
+    for sample in (0, 1):
+        alone = adapter.generate(batch_of(adapter, [sample]), built, max_new_tokens=NEW_TOKENS)
+        assert torch.equal(batched.tokens[sample : sample + 1], alone.tokens)
+        assert torch.equal(batched.inputs.images[sample].indices, alone.inputs.images[0].indices)
+
+
+# -- 5. features and significance against independent computations ----------------------------------------------
+def shuffle_blocks(side: int, merge: int = 2) -> list[list[int]]:
+    """The patches (raster index over a side x side grid) that every shuffled token (raster order) covers."""
+    tokens = side // merge
+    return [
+        [(merge * row + dr) * side + merge * col + dc for dr in range(merge) for dc in range(merge)]
+        for row in range(tokens)
+        for col in range(tokens)
+    ]
+
+
+@pytest.mark.parametrize("feature_layer", [-1, -2])
+def test_features_are_the_feature_layers_patches_shuffled_2x2(adapter: InternVLAdapter, feature_layer: int) -> None:
+    """Every token holds the 4 patch features of its 2 x 2 block ([CLS] dropped), and projected they are the stock
+    model's image features."""
+    batch = batch_of(adapter, [1])
+    model = adapter.model
+    model.config.vision_feature_layer = feature_layer
+    try:
+        features, _ = adapter.encode(batch["pixel_values"], pipeline().request)
+        with torch.no_grad():
+            stock = model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+            hidden = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states
+            projected = model.model.multi_modal_projector(features)
+    finally:
+        model.config.vision_feature_layer = -1
+    torch.testing.assert_close(projected, stock)
+    patches = hidden[feature_layer][:, 1:]
+    width = patches.shape[-1]
+    for token, block in enumerate(shuffle_blocks(8)):
+        pieces = features[:, token].reshape(features.shape[0], 4, width)
+        expected = patches[:, block]
+        # The shuffle's channel order within a token is its own; the set of patches is what significance follows.
+        for crop in range(features.shape[0]):
+            matched = (pieces[crop][:, None] - expected[crop][None]).abs().amax(-1).argmin(-1)
+            assert sorted(matched.tolist()) == [0, 1, 2, 3]
+            torch.testing.assert_close(pieces[crop], expected[crop][matched])
+
+
+def eager_attention(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Every vision layer's (C, H, T, T) attention probabilities from the stock eager kernel."""
+    eager = load_tiny(attn_implementation="eager")
+    with torch.no_grad():
+        output = eager.model.model.vision_tower(batch["pixel_values"], output_attentions=True)
+    return tuple(output.attentions)
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_tapped_significance_equals_the_eager_attention_pooled_per_block(
+    adapter: InternVLAdapter, layer: int | None
+) -> None:
+    """vision_feature_layer = -1: the default tap is the last vision layer. Every crop's [CLS] row and the attention
+    patches receive (softmax over [CLS] + patches, [CLS] dropped after it, heads averaged) are summed over each
+    pixel-shuffle block."""
+    batch = batch_of(adapter, [0, 1])
+    source = FocalSignificance(layer=layer)
+    tapped = adapter.tap_index(source)
+    assert tapped == (len(adapter.vision_layers()) - 1 if layer is None else layer)
+    _, summary = adapter.encode(batch["pixel_values"], source)  # type: ignore[arg-type]
+    assert summary is not None
+    attention = eager_attention(batch)[tapped].double().mean(dim=1)  # (C, T, T)
+    patches = attention[:, 1:, 1:]
+    received, paid, cls_row = patches.mean(dim=1), patches.mean(dim=2), attention[:, 0, 1:]
+    for name, values in (("received", received), ("paid", paid), ("cls", cls_row)):
+        expected = torch.stack([values[:, block].sum(dim=1) for block in shuffle_blocks(8)], dim=1)
+        torch.testing.assert_close(getattr(summary, name), expected.float(), msg=name)
+    assert summary.keys is None and summary.cls_joint is not None
+
+
+@pytest.mark.parametrize(("feature_layer", "expected"), [(-1, 3), (-2, 2), (2, 1)])
+def test_without_a_tap_layer_the_layer_producing_the_features_is_tapped(feature_layer: int, expected: int) -> None:
+    """hidden_states[f] (the embeddings first) is the output of layers[f] for f < 0, of layers[f - 1] for f >= 1:
+    the tapped attention is that layer's eager attention."""
+    built = load_tiny(tap_layer=None)
+    built.model.config.vision_feature_layer = feature_layer
+    batch = batch_of(built, [1])
+    source = FocalSignificance()
+    assert built.tap_index(source) == expected
+    _, summary = built.encode(batch["pixel_values"], source)  # type: ignore[arg-type]
+    assert summary is not None
+    attention = eager_attention(batch)[expected].mean(dim=1)
+    received = attention[:, 1:, 1:].mean(dim=1)
+    pooled = torch.stack([received[:, block].sum(dim=1) for block in shuffle_blocks(8)], dim=1)
+    torch.testing.assert_close(summary.received, pooled)
+    built.model.config.vision_feature_layer = 0
+    with pytest.raises(ConfigError, match="vision_feature_layer=0"):
+        built.tap_index(source)
+
+
+def test_image_groups_follow_their_crops(adapter: InternVLAdapter) -> None:
+    batch = batch_of(adapter, [0, 1])
+    built = pipeline("rank", 0.25)
+    groups = adapter.visual_groups(batch, built.request)
+    features, attention = adapter.encode(batch["pixel_values"], built.request)
+    assert attention is not None
+    first = 0
+    for group, crops in zip(groups, CROPS, strict=True):
+        assert group.layout.grids == ((4, 4),) * crops and group.layout.has_cls
+        assert torch.equal(group.features[0], features[first : first + crops].flatten(0, 1))
+        assert group.attention is not None
+        assert torch.equal(group.attention.received[0], attention.received[first : first + crops].flatten())
+        first += crops
+
+
+# -- 6. refusals ---------------------------------------------------------------------------------------------------
+def test_unsupported_feature_settings_are_refused(adapter: InternVLAdapter) -> None:
+    batch = batch_of(adapter, [0])
+    adapter.model.config.vision_feature_select_strategy = "full"
+    try:
+        with pytest.raises(ConfigError, match=r"vision_feature_select_strategy='default'.*'full'"):
+            adapter.prefill_inputs(batch, pipeline("rank", 0.25))
+    finally:
+        adapter.model.config.vision_feature_select_strategy = "default"
+
+
+def test_a_batch_whose_prompts_do_not_match_its_crops_is_refused(adapter: InternVLAdapter) -> None:
+    batch = dict(batch_of(adapter, [0]))
+    batch["pixel_values"] = batch["pixel_values"][:-1]
+    with pytest.raises(ConfigError, match=r"hold 5 crops' placeholders but pixel_values has 4 crops"):
+        adapter.prefill_inputs(batch, pipeline("rank", 0.25))
+
+
+#: The significance each strategy's FLOPs check pairs with (default focal).
+FLOPS_SIGNIFICANCE = {"pool": "norm", "divprune": "norm", "prumerge": "uniform", "vispruner": "norm"}
+FLOPS_SIGNIFICANCE |= {"uniform": "uniform"}
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+def test_analytic_flops_equal_a_counted_pruned_generation(adapter: InternVLAdapter, strategy: str) -> None:
+    significance = FLOPS_SIGNIFICANCE.get(strategy, "focal")
+    batch = batch_of(adapter, [1])
+    built = make_pipeline(strategy, keep=0.25, significance=significance)
+    generations: list[Generation] = []
+    counted = counted_flops(lambda: generations.append(adapter.generate(batch, built, max_new_tokens=2)))
+    [breakdown] = adapter.flops(batch, generations[0].inputs, built)
+    assert breakdown.total(generations[0].tokens.shape[1]) == counted
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+@pytest.mark.parametrize("significance", ["focal", "cls"])  # the patches' attention, and each crop's [CLS] row
+def test_every_strategy_and_source_runs_batched(adapter: InternVLAdapter, strategy: str, significance: str) -> None:
+    built = make_pipeline(strategy, keep=0.25, significance=significance)
+    generation = adapter.generate(batch_of(adapter, [0, 1]), built, max_new_tokens=2)
+    assert generation.tokens.shape[0] == 2
+    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
+    assert generation.inputs.visual_tokens.tolist() == kept
+    assert all(1 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))

@@ -15,7 +15,7 @@ from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
 from fopru.layout import Budget
 from fopru.models.inputs import Generation, KeptImage
-from fopru.models.internvl import InternVLAdapter
+from fopru.models.internvl import IMAGE_PROMPT, InternVLAdapter
 from fopru.models.tiny import internvl as fixture
 from fopru.pipeline import PruningPipeline
 from fopru.significance.sources import FocalSignificance
@@ -318,3 +318,88 @@ def test_every_strategy_and_source_runs_batched(adapter: InternVLAdapter, strate
     kept = [image.embeddings.shape[0] for image in generation.inputs.images]
     assert generation.inputs.visual_tokens.tolist() == kept
     assert all(1 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))
+
+
+# -- 7. the checkpoints' structure, fed real photos through the real processor -------------------------------------
+def photos() -> dict[str, Any]:
+    """Real photos of several aspect ratios (scikit-image's sample data), as PIL images."""
+    data = pytest.importorskip("skimage.data", reason="the real-structure check reads scikit-image's sample photos")
+    from PIL import Image
+
+    return {
+        "astronaut": Image.fromarray(data.astronaut()),  # 512 x 512
+        "chelsea": Image.fromarray(data.chelsea()),  # 451 x 300 (width x height)
+        "rocket_tall": Image.fromarray(data.rocket()).transpose(Image.Transpose.ROTATE_90),  # 427 x 640
+        "coffee_strip": Image.fromarray(data.coffee()[:150]),  # 600 x 150
+    }
+
+
+#: Crops of each photo, worked out by hand from the tiling rule (of the (cols, rows) grids with 1 to 12 tiles, the
+#: one whose aspect ratio is closest to the image's; on a tie the grid with more tiles while the image's area is
+#: above half of theirs), plus the thumbnail when there is more than one tile.
+REAL_CROPS = {
+    "astronaut": 1,  # 1:1 -> 1 x 1 (2 x 2 ties, but 512^2 < 0.5 * 4 * 448^2): one crop, no thumbnail
+    "chelsea": 7,  # 1.503 -> 3 x 2 (ratio 1.5) + thumbnail
+    "rocket_tall": 7,  # 0.667 -> 2 x 3 + thumbnail
+    "coffee_strip": 5,  # 4.0 -> 4 x 1 + thumbnail
+}
+
+
+@pytest.fixture(scope="module")
+def real() -> InternVLAdapter:
+    built = InternVLAdapter("tiny:internvl_real", tap_layer=None)
+    built.load()
+    return built
+
+
+def real_batch(adapter: InternVLAdapter, names: list[str]) -> Mapping[str, torch.Tensor]:
+    images = photos()
+    prompts = [f"USER : {IMAGE_PROMPT} what is in this image ? ASSISTANT :", f"{IMAGE_PROMPT} color ?"]
+    return adapter.prepare([images[name] for name in names], prompts[: len(names)])
+
+
+def test_real_structure_tiles_photos_as_the_checkpoints(real: InternVLAdapter) -> None:
+    vision = real.model.config.vision_config
+    assert (tuple(vision.image_size), tuple(vision.patch_size), real.model.config.downsample_ratio) == (
+        (448, 448),
+        (14, 14),
+        0.5,
+    )
+    assert real.geometry().patches == (32, 32) and real.geometry().tokens == (16, 16)
+    assert real.default_tap_layer() == -1 and real.tap_index(FocalSignificance()) == len(real.vision_layers()) - 1
+    names = list(REAL_CROPS)
+    batch = real_batch(real, names[:2])
+    counts = [real.crop_counts(real_batch(real, [name]))[0] for name in names]
+    assert counts == [REAL_CROPS[name] for name in names]
+    assert real.crop_counts(batch) == counts[:2]
+    assert batch["pixel_values"].shape[1:] == (3, 448, 448)
+
+
+def test_real_structure_keep_all_equals_stock_and_rank_keeps_a_quarter_of_every_crop(real: InternVLAdapter) -> None:
+    names = ["coffee_strip", "astronaut"]  # 5 crops and 1: different lengths, left padding
+    batch = real_batch(real, names)
+    real_mask = batch["attention_mask"].bool()
+    inputs = real.prefill_inputs(batch, pipeline())
+    torch.testing.assert_close(real.prefill_logits(inputs)[real_mask], stock_logits(real, batch)[real_mask])
+    generation = real.generate(batch, pipeline("rank", 0.25), max_new_tokens=2)
+    text = ((batch["input_ids"] != real.model.config.image_token_id) & real_mask).sum(dim=1)
+    for sample, name in enumerate(names):
+        kept = generation.inputs.images[sample]
+        assert kept.num_tokens == 256 * REAL_CROPS[name]
+        assert (kept.indices // 256).bincount().tolist() == [64] * REAL_CROPS[name]
+        assert int(generation.inputs.visual_tokens[sample]) == 64 * REAL_CROPS[name]
+    assert (generation.inputs.attention_mask.sum(dim=1) == text + generation.inputs.visual_tokens).all()
+
+
+def test_real_structure_significance_is_the_last_layers_attention_pooled(real: InternVLAdapter) -> None:
+    batch = real_batch(real, ["coffee_strip"])
+    _, summary = real.encode(batch["pixel_values"], FocalSignificance())  # type: ignore[arg-type]
+    assert summary is not None and summary.received.shape == (REAL_CROPS["coffee_strip"], 256)
+    eager = InternVLAdapter("tiny:internvl_real", attn_implementation="eager", tap_layer=None).load()
+    with torch.no_grad():
+        attention = eager.model.model.vision_tower(batch["pixel_values"], output_attentions=True).attentions[-1]
+    attention = attention.mean(dim=1)
+    received, cls_row = attention[:, 1:, 1:].mean(dim=1), attention[:, 0, 1:]
+    blocks = shuffle_blocks(32)
+    torch.testing.assert_close(summary.received, torch.stack([received[:, b].sum(dim=1) for b in blocks], dim=1))
+    torch.testing.assert_close(summary.cls, torch.stack([cls_row[:, b].sum(dim=1) for b in blocks], dim=1))

@@ -52,11 +52,11 @@ def tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def image_processor() -> GotOcr2ImageProcessorPil:
-    """The checkpoints' image processor at tiny sizes (the processor turns on ``crop_to_patches``)."""
+def image_processor(image_size: int, max_tiles: int) -> GotOcr2ImageProcessorPil:
+    """The checkpoints' image processor at ``image_size`` (the processor turns on ``crop_to_patches``)."""
     return GotOcr2ImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        max_patches=MAX_TILES,
+        size={"height": image_size, "width": image_size},
+        max_patches=max_tiles,
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
@@ -64,15 +64,21 @@ def image_processor() -> GotOcr2ImageProcessorPil:
 
 def build(folder: Path) -> None:
     """Save a seeded random tiny InternVL and its (image-only) processor into ``folder``."""
+    save(folder, vision_layers=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, max_tiles=MAX_TILES)
+
+
+def save(folder: Path, vision_layers: int, image_size: int, patch_size: int, max_tiles: int) -> None:
+    """A seeded random InternVL at small widths (InternViT 32 wide, Qwen2 64 wide, 2 layers) with the given crop
+    structure, and its processor (ImageNet mean and std, as the checkpoints), saved into ``folder``."""
     words = tokenizer()
     vision = {
         "hidden_size": 32,
         "intermediate_size": 64,
-        "num_hidden_layers": 4,
+        "num_hidden_layers": vision_layers,
         "num_attention_heads": 4,
         "attention_bias": True,
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
+        "image_size": image_size,
+        "patch_size": patch_size,
     }
     text = {
         "model_type": "qwen2",
@@ -82,7 +88,7 @@ def build(folder: Path) -> None:
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
+        "max_position_embeddings": 4096,
         "bos_token_id": words.bos_token_id,
         "eos_token_id": words.eos_token_id,
         "pad_token_id": words.pad_token_id,
@@ -91,7 +97,7 @@ def build(folder: Path) -> None:
         vision_config=vision,
         text_config=text,
         image_token_id=int(words.convert_tokens_to_ids(IMAGE_PROMPT)),  # type: ignore[arg-type]
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE // 2) ** 2,
+        image_seq_length=(image_size // patch_size // 2) ** 2,
         downsample_ratio=0.5,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -107,6 +113,8 @@ def build(folder: Path) -> None:
         parameter.data.mul_(4.0)
     model.save_pretrained(folder)
     processor = ImageOnlyInternVLProcessor(
-        image_processor=image_processor(), tokenizer=words, image_seq_length=config.image_seq_length
+        image_processor=image_processor(image_size, max_tiles),
+        tokenizer=words,
+        image_seq_length=config.image_seq_length,
     )
     processor.save_pretrained(folder)

@@ -111,6 +111,9 @@ def test_every_tiny_model_has_a_fixture_with_two_example_samples(name: str) -> N
 def test_every_tiny_model_has_a_contract_hook(name: str) -> None:
     contract = hook(name)
     assert contract.positions and contract.sources and contract.hand_fed and contract.kv and contract.batched
+    registered = set(choices("significance"))
+    assert set(contract.sources) | set(contract.unsupported_sources) <= registered
+    assert not set(contract.sources) & set(contract.unsupported_sources)
 
 
 def test_a_tiny_model_without_a_hook_is_told_what_to_add() -> None:
@@ -226,6 +229,25 @@ def test_every_strategy_and_source_runs_batched(name: str, strategy: str, signif
     assert generation.inputs.visual_tokens.tolist() == kept
     for count, image in zip(kept, generation.inputs.images, strict=True):
         assert contract.min_visual_tokens <= count <= image.num_tokens
+
+
+@pytest.mark.parametrize(
+    ("name", "significance"), per_family(lambda contract: [(source,) for source in choices("significance")], 1)
+)
+def test_every_registered_source_runs_batched_or_is_refused_by_name(name: str, significance: str) -> None:
+    """Every source in ``conf/significance/``: the family runs it, or refuses it with a clear error."""
+    contract, adapter = hook(name), loaded(name)
+    pipeline = make_pipeline("rank", keep=0.25, significance=significance, positions=contract.run_positions)
+    batch = example_batch(name, adapter, [0, 1])
+    if significance in contract.unsupported_sources:
+        with pytest.raises(ConfigError, match=contract.unsupported_sources[significance]):
+            adapter.generate(batch, pipeline, max_new_tokens=2)
+        return
+    generation = adapter.generate(batch, pipeline, max_new_tokens=2)
+    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
+    assert generation.inputs.visual_tokens.tolist() == kept
+    for count, image in zip(kept, generation.inputs.images, strict=True):
+        assert contract.min_visual_tokens <= count < image.num_tokens
 
 
 # -- 6. analytic FLOPs are what the generation computes -----------------------------------------------------------

@@ -46,7 +46,9 @@ class FamilyContract(ABC):
     Attributes:
         positions: the position modes the hand-fed check runs (``auto`` resolves through :meth:`hand_positions`).
         run_positions: the position mode every other check runs with.
-        sources: significance sources (``conf/significance/``) run with every registered strategy, batched.
+        sources: significance sources (``conf/significance/``) run with every registered strategy, batched; every
+            other registered source runs with one strategy.
+        unsupported_sources: registered sources the family refuses, each with a pattern of its refusal message.
         hand_fed: cases compared with the stock language model fed by hand, on example ``hand_fed_sample``.
         kv: cases whose KV cache and visual-token count are checked, on example ``kv_sample``.
         batched: cases whose batch of ``batched_samples`` must generate what each sample generates alone.
@@ -66,6 +68,7 @@ class FamilyContract(ABC):
     hand_fed_sample: int = 0
     kv_sample: int = 0
     batched_samples: tuple[int, ...] = (0, 1)
+    unsupported_sources: Mapping[str, str] = field(default_factory=dict)
     flops_significance: Mapping[str, str] = field(default_factory=dict)
     flops_tokens: Mapping[str, int] = field(default_factory=dict)
     flops_default_tokens: int = 2

@@ -41,6 +41,7 @@ CONTRACT = Qwen2VLContract(
     positions=("original", "auto"),
     run_positions="original",
     sources=("focal", "norm"),  # with a tap, and without one
+    unsupported_sources={"cls": r"significance=cls needs a vision encoder with a \[CLS\] token"},
     hand_fed=(Case("rank", 0.25), Case("row", 0.5)),
     hand_fed_sample=1,
     # 7 x 7 merged tokens: floor(0.25 * 49) = 12 tokens; floor(0.5 * 7) = 3 rows of 7.

@@ -90,7 +90,9 @@ class InternVLAdapter(TargetModel):
       crop's sequence: sources reading [CLS] attention (``cls``, the baselines' saliency) read the [CLS] of the
       crop the patch belongs to. Patch statistics (``received``, ``paid``, ``cls``, PruMerge's ``cls_joint``) are
       summed over each 2 x 2 pixel-shuffle block, as for Qwen2-VL's merger; keys are not mapped (a shuffled token
-      has no single key), so similarity-based strategies measure it on the shuffled features.
+      has no single key), so similarity-based strategies measure it on the shuffled features. No [CLS] features are
+      handed over (``VisualGroup.cls_features``): every crop has its own, at the tower's width rather than the
+      shuffled tokens' 4x width the projector reads, so VisionZip's ``keep_cls`` keeps patches only, as on LLaVA-NeXT.
     - Budget: the family's natural unit is the crop. An image is one layout with one 16 x 16 grid per crop
       (tiles, then thumbnail), so the budget splits per crop in proportion to its tokens: rank keeps
       ``max(1, floor(keep * 256))`` of every crop, row ``max(1, floor(keep * 16))`` rows of every crop, as

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 #: How a prompt marks one image (the checkpoints' chat template writes it so); the processor expands it to
 #: ``<img>``, 256 ``<IMG_CONTEXT>`` per crop, ``</img>``.
 IMAGE_PROMPT = "<IMG_CONTEXT>"
+#: How the budget is split across an image's crops (:class:`InternVLAdapter`).
+BUDGET_SPLITS = ("per_crop", "per_image")
 
 
 class ImageOnlyInternVLProcessor(InternVLProcessor):
@@ -97,7 +99,10 @@ class InternVLAdapter(TargetModel):
       (tiles, then thumbnail), so the budget splits per crop in proportion to its tokens: rank keeps
       ``max(1, floor(keep * 256))`` of every crop, row ``max(1, floor(keep * 16))`` rows of every crop, as
       LLaVA-NeXT splits between its base image and tiles. The thumbnail, the only view of the whole image, always
-      keeps its share. ``keep_tokens`` is a fraction of the image's N tokens.
+      keeps its share. ``keep_tokens`` is a fraction of the image's N tokens. ``budget_split="per_image"`` pools
+      the budget over the whole image instead: its crops are stacked into one (16 * crops) x 16 grid (the same
+      token order), so rank keeps the image's ``max(1, floor(keep * N))`` most significant tokens wherever they
+      lie, row whole rows of the stack, and a crop may keep nothing.
     - Pruning happens on the shuffled features before the projector (per token, so selection commutes with it);
       merging strategies average shuffled features. Images differ in crop count: each is pruned on its own.
     - Positions (1-D RoPE): ``compact`` (``auto`` resolves to it) or ``original``, as for LLaVA.
@@ -107,6 +112,20 @@ class InternVLAdapter(TargetModel):
     model_class: Any = InternVLForConditionalGeneration
     processor_class: Any = ImageOnlyInternVLProcessor
     prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}\n{{text}}<|im_end|>\n<|im_start|>assistant\n"
+
+    def __init__(
+        self,
+        checkpoint: str,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        device: str = "cpu",
+        tap_layer: int | None = None,
+        budget_split: str = "per_crop",
+    ) -> None:
+        super().__init__(checkpoint, dtype, attn_implementation, device, tap_layer)
+        if budget_split not in BUDGET_SPLITS:
+            raise ConfigError(f"model.budget_split={budget_split!r} is not one of {list(BUDGET_SPLITS)}")
+        self.budget_split = budget_split
 
     def load_processor(self, path: str) -> Any:
         processor = self.processor_class.from_pretrained(path)
@@ -224,10 +243,12 @@ class InternVLAdapter(TargetModel):
         return groups
 
     def image_layout(self, crops: int) -> VisualLayout:
-        """An image of ``crops`` crops: one token grid per crop, so the budget splits per crop."""
+        """An image of ``crops`` crops: one token grid per crop, so the budget splits per crop; with
+        ``budget_split="per_image"`` the crops stacked into one grid (crop-major raster order is unchanged)."""
         geometry = self.geometry()
-        grid = geometry.tokens
-        return VisualLayout(geometry.tokens_per_crop * crops, (grid,) * crops, has_cls=True, merge=geometry.merge)
+        rows, cols = geometry.tokens
+        grids = ((rows * crops, cols),) if self.budget_split == "per_image" else ((rows, cols),) * crops
+        return VisualLayout(geometry.tokens_per_crop * crops, grids, has_cls=True, merge=geometry.merge)
 
     # -- costs -----------------------------------------------------------------------------------------------
     def sample_costs(

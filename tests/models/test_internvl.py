@@ -19,6 +19,7 @@ from fopru.layout import Budget
 from fopru.models.internvl import IMAGE_PROMPT, InternVLAdapter
 from fopru.models.tiny import internvl as fixture
 from fopru.pipeline import PruningPipeline
+from fopru.significance.attention import AttentionSummary
 from fopru.significance.sources import FocalSignificance
 from tests.models.conftest import make_image, make_pipeline
 
@@ -98,6 +99,49 @@ def test_keep_tokens_is_a_fraction_of_the_image(adapter: InternVLAdapter) -> Non
     built = PruningPipeline(base.significance, base.strategy, base.reorder, Budget(keep_tokens=20))
     [kept] = adapter.prefill_inputs(batch, built).images
     assert kept.indices.shape[0] == 20  # 20 / 80 of every crop's 16 tokens: 4 per crop
+
+
+@pytest.mark.parametrize(("strategy", "keep", "kept"), [("rank", 0.25, 20), ("row", 0.25, 5 * 4)])
+def test_a_per_image_budget_keeps_the_images_best_tokens_wherever_they_lie(
+    strategy: str, keep: float, kept: int
+) -> None:
+    """budget_split=per_image: rank keeps floor(0.25 * 80) = 20 tokens, the image's top 20 (not 4 per crop); row
+    floor(0.25 * 20) = 5 whole rows of 4 of the stacked 20 x 4 grid, the rows of highest summed significance."""
+    split = load_tiny(budget_split="per_image")
+    batch = batch_of(split, [0])
+    built = pipeline(strategy, keep)
+    [image] = split.prefill_inputs(batch, built).images
+    features, attention = split.encode(batch["pixel_values"], built.request)
+    layout = split.image_layout(CROPS[0])
+    assert layout.grids == ((4 * CROPS[0], 4),)
+    scores = built.significance.score(_image_summary(attention), features.flatten(0, 1)[None], layout)[0]
+    if strategy == "rank":
+        expected = scores.topk(kept).indices.sort().values
+    else:
+        rows = scores.reshape(-1, 4).sum(dim=1).topk(kept // 4).indices.sort().values
+        expected = (rows[:, None] * 4 + torch.arange(4)).flatten()
+    assert torch.equal(image.indices, expected)
+    per_crop = (image.indices // TOKENS_PER_CROP).bincount(minlength=CROPS[0]).tolist()
+    assert sum(per_crop) == kept
+    if strategy == "rank":  # on this image the crops' shares differ from the per-crop split's 4 each
+        assert per_crop != [kept // CROPS[0]] * CROPS[0]
+
+
+def _image_summary(attention: AttentionSummary | None) -> AttentionSummary:
+    """One image's summary from all its crops' rows (the batch holds one image)."""
+    assert attention is not None
+
+    def flat(values: torch.Tensor | None) -> torch.Tensor | None:
+        return None if values is None else values.flatten()[None]
+
+    received, paid = flat(attention.received), flat(attention.paid)
+    assert received is not None and paid is not None
+    return AttentionSummary(received, paid, flat(attention.cls))
+
+
+def test_an_unknown_budget_split_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"model.budget_split='per_tile' is not one of \['per_crop', 'per_image'\]"):
+        InternVLAdapter("tiny:internvl", budget_split="per_tile")
 
 
 # -- 2. features and significance against independent computations ----------------------------------------------

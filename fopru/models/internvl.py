@@ -107,6 +107,10 @@ class InternVLAdapter(TargetModel):
       merging strategies average shuffled features. Images differ in crop count: each is pruned on its own.
     - Positions (1-D RoPE): ``compact`` (``auto`` resolves to it) or ``original``, as for LLaVA.
     Only ``vision_feature_select_strategy="default"`` with one integer feature layer is supported.
+
+    Args (besides :class:`TargetModel`'s):
+        budget_split: ``per_crop`` (default: every tile and the thumbnail keep their share) or ``per_image`` (one
+            budget over the image's stacked crops).
     """
 
     model_class: Any = InternVLForConditionalGeneration

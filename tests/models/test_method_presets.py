@@ -2,8 +2,8 @@
 batched with left padding: each sample of the batch keeps the tokens, and generates the tokens, it does alone.
 
 The language models are deepened to 4 layers (as for the in-LLM tests) so that every in-LLM preset's boundaries
-fit; on encoders without [CLS] (Qwen2-VL) a preset's ``significance=cls`` becomes ``received``, the stand-in its
-strategy reads itself there."""
+fit; on encoders without [CLS] (Qwen2-VL, LLaVA-OneVision's SigLIP) a preset's ``significance=cls`` becomes
+``received``, the stand-in its strategy reads itself there."""
 
 from __future__ import annotations
 
@@ -34,13 +34,19 @@ def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:
     return PruningPipeline.from_config(cfg)
 
 
+def encoder_has_cls(adapter: TargetModel) -> bool:
+    """Whether the family's vision encoder prepends [CLS] (CLIP: yes; SigLIP and Qwen2-VL's ViT: no)."""
+    image_layout = getattr(adapter, "image_layout", None)
+    return bool(image_layout is not None and image_layout().has_cls)
+
+
 @pytest.mark.parametrize("method", choices("method"))
 @torch.no_grad()
 def test_every_method_preset_runs_batched_as_each_sample_alone(
     deep_family: tuple[str, TargetModel], method: str
 ) -> None:
     name, adapter = deep_family
-    pipeline = method_pipeline(method, has_cls=name.startswith("tiny_llava"))
+    pipeline = method_pipeline(method, has_cls=encoder_has_cls(adapter))
     batched = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
     assert batched.tokens.shape[0] == 2
     for sample in range(2):

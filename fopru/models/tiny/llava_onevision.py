@@ -1,5 +1,5 @@
 """Tiny LLaVA-OneVision (``tiny:llava_onevision``): SigLIP vision (6 x 6 patches per crop, no [CLS]), AnyRes tiles
-up to 4 x 4, a 2-layer Qwen2 LLM (GQA).
+up to 4 x 4, a 2-layer Qwen2 LLM (GQA, width 128).
 
 The grid pinpoints make the model's ``anyres_max_9`` downsampling trigger on the second example: a 200 x 150 image
 is tiled 4 x 4 (a 24 x 24 patch grid), unpadded to 18 x 24 rows x cols (432 > 1.1**2 * 9 * 36 patches) and
@@ -45,8 +45,10 @@ def build(folder: Path) -> None:
     text = {
         "model_type": "qwen2",
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
+        # Wider than the other tiny LLMs: the 300 tokens of the resampled example's tile grid keep 75 at keep=0.25,
+        # and a determinantal selection (CDPruner) over projected tokens needs their width above the picks.
+        "hidden_size": 128,
+        "intermediate_size": 256,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,

@@ -328,6 +328,10 @@ def test_unsupported_inputs_and_feature_settings_fail_clearly(
 # -- 8. the real checkpoint's structure, small widths, real photos ---------------------------------------------
 @pytest.fixture(scope="module")
 def real_structure() -> LlavaOnevisionAdapter:
+    return real_structure_adapter()
+
+
+def real_structure_adapter() -> LlavaOnevisionAdapter:
     """llava-onevision-qwen2-*-ov-hf's structure at small widths. From transformers' conversion script
     (``convert_llava_onevision_weights_to_hf.py``): SigLIP image_size 384, patch_size 14, no pooling head (26 layers,
     here 2), ``num_image_tokens=729``, ``vision_feature_select_strategy="full"``; from ``LlavaOnevisionConfig``'s

@@ -23,6 +23,8 @@ from fopru.errors import ConfigError
 from fopru.models.inputs import Generation, KeptImage
 from fopru.models.llava_onevision import ImageOnlyLlavaOnevisionProcessor, LlavaOnevisionAdapter
 from fopru.models.word_tokenizer import word_tokenizer
+from fopru.pipeline import PruningPipeline
+from fopru.significance.sources import FocalSignificance
 from fopru.strategies.base import StrategyInputs
 from tests.models.conftest import example_batch, make_pipeline
 
@@ -163,14 +165,16 @@ def test_the_default_tap_is_the_layer_whose_output_the_projector_reads(adapter: 
     torch.testing.assert_close(output, vision.hidden_states[adapter.model.config.vision_feature_layer])
 
 
-@pytest.mark.parametrize("sample", [0, 1], ids=["unpadded", "resampled"])
+@pytest.mark.parametrize(("sample", "layer"), [(0, None), (1, None), (1, 1)], ids=["unpadded", "resampled", "layer1"])
 def test_significance_is_the_tapped_attention_packed_like_the_features(
-    adapter: LlavaOnevisionAdapter, sample: int
+    adapter: LlavaOnevisionAdapter, sample: int, layer: int | None
 ) -> None:
     batch = batch_of(adapter, [sample])
     expected = PACKINGS[sample]
     pixel_values = batch["pixel_values"][0, : expected["crops"]]
-    request = make_pipeline("rank", keep=0.25).request
+    rank = make_pipeline("rank", keep=0.25)
+    request = PruningPipeline(FocalSignificance(layer=layer), rank.strategy, rank.reorder, rank.budget).request
+    assert adapter.tap_index(request) == (3 if layer is None else layer)
     (group,) = adapter.visual_groups(batch, request)
     assert group.attention is not None and group.attention.cls is None and group.attention.cls_joint is None
     shape = (expected["tiles"], expected["rows"], expected["cols"], expected["grid"])

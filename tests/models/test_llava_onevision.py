@@ -1,5 +1,8 @@
-"""The LLaVA-OneVision adapter on a tiny seeded model, against stock transformers and hand-worked packing, and once
-at the real checkpoint's structure (SigLIP 384/14, the real grid pinpoints) on real photos (no download)."""
+"""What is LLaVA-OneVision's own: its packing (tiles, unpadding, ``anyres_max_9`` resampling) and significance
+against hand-worked arrangements and an independent attention recomputation, the [CLS] stand-in, its refusals, and
+the real checkpoint's structure (SigLIP 384/14, the real grid pinpoints) on real photos (no download). The adapter
+contract (stock equality, hand-fed logits, KV length, batching, every strategy and source, FLOPs; ``significance=cls``
+refused) runs in ``tests/models/test_contract.py`` through ``tests/models/families/tiny_llava_onevision.py``."""
 
 from __future__ import annotations
 
@@ -17,10 +20,8 @@ from transformers import (
     LlavaOnevisionImageProcessorPil,
 )
 
-from fopru.components import CONFIG_DIR, choices
-from fopru.efficiency import counted_flops
+from fopru.components import CONFIG_DIR
 from fopru.errors import ConfigError
-from fopru.models.inputs import Generation, KeptImage
 from fopru.models.llava_onevision import ImageOnlyLlavaOnevisionProcessor, LlavaOnevisionAdapter
 from fopru.models.word_tokenizer import word_tokenizer
 from fopru.pipeline import PruningPipeline
@@ -29,7 +30,6 @@ from fopru.strategies.base import StrategyInputs
 from tests.models.conftest import example_batch, make_pipeline
 
 NAME = "tiny_llava_onevision"
-NEW_TOKENS = 6
 # Hand-worked packings of the fixture's two examples (fopru/models/tiny/llava_onevision.py), 6 x 6 patches per crop:
 # 70 x 40: 48 x 96 pinpoint, 1 x 2 tiles (6 x 12), unpadded to columns 1..10 (int(70 * 6 / 40) = 10 wide);
 # 200 x 150: 192 x 192 pinpoint, 4 x 4 tiles (24 x 24), unpadded to rows 3..20 (int(150 * 24 / 200) = 18 high),
@@ -95,24 +95,7 @@ def arrange_by_hand(
     return torch.cat([per_crop[0].double(), resized.reshape(-1, channels)])
 
 
-# -- 1. without pruning the adapter is the stock model --------------------------------------------------------
-@pytest.mark.parametrize("samples", [[0], [1], [0, 1]], ids=["small", "resampled", "B2"])
-def test_no_pruning_equals_stock_logits_and_generation(adapter: LlavaOnevisionAdapter, samples: list[int]) -> None:
-    batch = batch_of(adapter, samples)
-    if len(samples) == 2:
-        assert bool((batch["attention_mask"] == 0).any()), "the batch should exercise left padding"
-    keep_all = make_pipeline("none", keep=1.0)
-    inputs = adapter.prefill_inputs(batch, keep_all)
-    assert torch.equal(inputs.attention_mask, batch["attention_mask"])
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(adapter.prefill_logits(inputs)[real], stock_logits(adapter, batch)[real])
-    with torch.no_grad():
-        stock = adapter.model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS)
-    ours = adapter.generate(batch, keep_all, max_new_tokens=NEW_TOKENS)
-    assert torch.equal(ours.tokens, stock[:, batch["input_ids"].shape[1] :])
-
-
-# -- 2. the packing, hand-worked -------------------------------------------------------------------------------
+# -- 1. the packing, hand-worked -------------------------------------------------------------------------------
 @pytest.mark.parametrize("sample", [0, 1])
 def test_packing_matches_the_hand_worked_arrangement(adapter: LlavaOnevisionAdapter, sample: int) -> None:
     batch = batch_of(adapter, [sample])
@@ -129,7 +112,7 @@ def test_packing_matches_the_hand_worked_arrangement(adapter: LlavaOnevisionAdap
     assert bool((packed[packing.newlines] == adapter.model.model.image_newline).all())
 
 
-# -- 3. significance: the tapped layer and its resampling, against independent computations --------------------
+# -- 2. significance: the tapped layer and its resampling, against independent computations --------------------
 def received_by_hand(adapter: LlavaOnevisionAdapter, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
     """(crops, patches) head-averaged attention each patch receives at vision layer ``layer``, recomputed from the
     layer's input with the attention module's own projections and an explicit softmax (no [CLS] to drop)."""
@@ -193,53 +176,13 @@ def test_significance_is_the_tapped_attention_packed_like_the_features(
     torch.testing.assert_close(group.features[0], grid_tokens, rtol=0, atol=0)
 
 
-def test_without_cls_the_saliency_falls_back_to_received_and_cls_is_refused(adapter: LlavaOnevisionAdapter) -> None:
+def test_without_cls_the_saliency_falls_back_to_received(adapter: LlavaOnevisionAdapter) -> None:
     batch = batch_of(adapter, [1])
     (group,) = adapter.visual_groups(batch, make_pipeline("rank", keep=0.25).request)
     assert group.attention is not None
     inputs = StrategyInputs(features=group.features, attention=group.attention)
     assert torch.equal(inputs.saliency("visionzip"), group.attention.received)
     assert torch.equal(inputs.joint_saliency("prumerge"), group.attention.received)
-    with pytest.raises(ConfigError, match=r"significance=cls needs a vision encoder with a \[CLS\] token"):
-        adapter.generate(batch, make_pipeline("rank", keep=0.25, significance="cls"), max_new_tokens=1)
-
-
-# -- 4. pruned prefill equals the stock language model fed by hand ---------------------------------------------
-def hand_assembled_logits(
-    adapter: LlavaOnevisionAdapter, batch: Mapping[str, torch.Tensor], kept: KeptImage, positions: str
-) -> torch.Tensor:
-    """One sample, one image: the stock packed features at the reported indices between the text embeddings."""
-    model = adapter.model
-    (packed,) = stock_packed(adapter, batch)
-    with torch.no_grad():
-        ids = batch["input_ids"][0]
-        placeholders = (ids == model.config.image_token_id).nonzero().flatten()
-        start, count = int(placeholders[0]), placeholders.shape[0]
-        assert count == packed.shape[0] == kept.num_tokens
-        text = model.get_input_embeddings()(ids)
-        embeds = torch.cat([text[:start], packed[kept.indices], text[start + count :]])
-        after = text.shape[0] - start - count
-        if positions != "original":  # compact, which auto resolves to
-            position_ids = torch.arange(embeds.shape[0])
-        else:
-            position_ids = torch.cat([torch.arange(start), start + kept.indices, start + count + torch.arange(after)])
-        return model(inputs_embeds=embeds[None], position_ids=position_ids[None]).logits[0]
-
-
-@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
-@pytest.mark.parametrize("positions", ["compact", "original", "auto"])
-@pytest.mark.parametrize("sample", [0, 1], ids=["unpadded", "resampled"])
-def test_pruned_logits_equal_stock_features_placed_by_hand(
-    adapter: LlavaOnevisionAdapter, strategy: str, keep: float, positions: str, sample: int
-) -> None:
-    batch = batch_of(adapter, [sample])
-    inputs = adapter.prefill_inputs(batch, make_pipeline(strategy, keep=keep, positions=positions))  # type: ignore[arg-type]
-    (kept,) = inputs.images
-    assert 0 < kept.indices.shape[0] < kept.num_tokens
-    assert bool((kept.indices.diff() > 0).all())  # original order: a subsequence of the packed sequence
-    torch.testing.assert_close(
-        adapter.prefill_logits(inputs)[0], hand_assembled_logits(adapter, batch, kept, positions)
-    )
 
 
 @pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5), ("pool", 0.25)])
@@ -267,56 +210,7 @@ def test_budget_per_grid_newlines_and_kv_cache_length(
     assert generation.prompt_cache_length == text + kept.embeddings.shape[0]
 
 
-# -- 5. batching does not change the answer ---------------------------------------------------------------------
-@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
-def test_pruned_batch_generates_as_each_sample_alone(
-    adapter: LlavaOnevisionAdapter, strategy: str, keep: float
-) -> None:
-    method = make_pipeline(strategy, keep=keep)
-    together = adapter.generate(batch_of(adapter, [0, 1]), method, max_new_tokens=NEW_TOKENS)
-    pad = adapter.processor.tokenizer.pad_token_id
-    for sample in (0, 1):
-        alone = adapter.generate(batch_of(adapter, [sample]), method, max_new_tokens=NEW_TOKENS)
-        length = alone.tokens.shape[1]
-        assert torch.equal(together.tokens[sample, :length], alone.tokens[0])
-        assert bool((together.tokens[sample, length:] == pad).all())
-        assert torch.equal(together.inputs.images[sample].indices, alone.inputs.images[0].indices)
-        assert int(together.inputs.visual_tokens[sample]) == int(alone.inputs.visual_tokens[0])
-
-
-# -- 6. every strategy and source runs; FLOPs are those counted ------------------------------------------------
-@pytest.mark.parametrize("strategy", choices("strategy"))
-@pytest.mark.parametrize("significance", ["focal", "norm", "random"])
-def test_every_strategy_and_source_runs_batched(
-    adapter: LlavaOnevisionAdapter, strategy: str, significance: str
-) -> None:
-    method = make_pipeline(strategy, keep=0.25, significance=significance, positions="auto")
-    generation = adapter.generate(batch_of(adapter, [0, 1]), method, max_new_tokens=2)
-    assert generation.tokens.shape[0] == 2
-    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
-    assert generation.inputs.visual_tokens.tolist() == kept
-    assert all(2 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))
-
-
-#: The significance each strategy's FLOPs check pairs with (default focal).
-FLOPS_SIGNIFICANCE = {"pool": "norm", "divprune": "norm", "prumerge": "uniform", "vispruner": "norm"}
-FLOPS_SIGNIFICANCE |= {"uniform": "uniform"}
-
-
-@pytest.mark.parametrize("sample", [0, 1], ids=["unpadded", "resampled"])
-@pytest.mark.parametrize("strategy", choices("strategy"))
-def test_analytic_flops_equal_a_counted_pruned_generation(
-    adapter: LlavaOnevisionAdapter, strategy: str, sample: int
-) -> None:
-    batch = batch_of(adapter, [sample])
-    pipeline = make_pipeline(strategy, keep=0.25, significance=FLOPS_SIGNIFICANCE.get(strategy, "focal"))
-    generations: list[Generation] = []
-    counted = counted_flops(lambda: generations.append(adapter.generate(batch, pipeline, max_new_tokens=2)))
-    [breakdown] = adapter.flops(batch, generations[0].inputs, pipeline)
-    assert breakdown.total(generations[0].tokens.shape[1]) == counted
-
-
-# -- 7. refusals -------------------------------------------------------------------------------------------------
+# -- 3. refusals -------------------------------------------------------------------------------------------------
 def test_unsupported_inputs_and_feature_settings_fail_clearly(
     adapter: LlavaOnevisionAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -329,7 +223,7 @@ def test_unsupported_inputs_and_feature_settings_fail_clearly(
         adapter.prefill_inputs(batch_of(adapter, [0]), make_pipeline("rank", keep=0.25))
 
 
-# -- 8. the real checkpoint's structure, small widths, real photos ---------------------------------------------
+# -- 4. the real checkpoint's structure, small widths, real photos ---------------------------------------------
 @pytest.fixture(scope="module")
 def real_structure() -> LlavaOnevisionAdapter:
     return real_structure_adapter()

@@ -17,6 +17,7 @@ from fopru.components import CONFIG_DIR, choices
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from tests.models.conftest import example_batch
+from tests.models.families import contract_of
 
 NEW_TOKENS = 2
 
@@ -34,10 +35,9 @@ def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:
     return PruningPipeline.from_config(cfg)
 
 
-def encoder_has_cls(adapter: TargetModel) -> bool:
-    """Whether the family's vision encoder prepends [CLS] (CLIP: yes; SigLIP and Qwen2-VL's ViT: no)."""
-    image_layout = getattr(adapter, "image_layout", None)
-    return bool(image_layout is not None and image_layout().has_cls)
+def encoder_has_cls(name: str) -> bool:
+    """Whether the family reads [CLS] attention, as its contract hook says (``significance=cls`` not refused)."""
+    return "cls" not in contract_of(name).unsupported_sources
 
 
 @pytest.mark.parametrize("method", choices("method"))
@@ -46,7 +46,7 @@ def test_every_method_preset_runs_batched_as_each_sample_alone(
     deep_family: tuple[str, TargetModel], method: str
 ) -> None:
     name, adapter = deep_family
-    pipeline = method_pipeline(method, has_cls=encoder_has_cls(adapter))
+    pipeline = method_pipeline(method, has_cls=encoder_has_cls(name))
     batched = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
     assert batched.tokens.shape[0] == 2
     for sample in range(2):

@@ -24,6 +24,7 @@ from transformers import (
     CLIPVisionConfig,
     LlavaConfig,
     LlavaNextConfig,
+    LlavaOnevisionConfig,
     PretrainedConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLVisionConfig,
@@ -36,7 +37,7 @@ from fopru.errors import ConfigError
 
 GridTHW = Sequence[Sequence[int]] | torch.Tensor
 VisionConfig = CLIPVisionConfig | SiglipVisionConfig | Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig
-LlavaLikeConfig = LlavaConfig | LlavaNextConfig
+LlavaLikeConfig = LlavaConfig | LlavaNextConfig | LlavaOnevisionConfig
 QwenVLConfig = Qwen2VLConfig | Qwen2_5_VLConfig
 
 
@@ -287,9 +288,10 @@ def projector_flops(config: LlavaLikeConfig, tokens: int) -> int:
             "Qwen2-VL has no separate projector: its patch merger is part of the vision tower and counted by "
             "vision_flops(config.vision_config, grid_thw=...)"
         )
-    if not isinstance(config, LlavaConfig | LlavaNextConfig):
+    if not isinstance(config, LlavaConfig | LlavaNextConfig | LlavaOnevisionConfig):
         raise ConfigError(
-            f"no projector FLOPs formula for {type(config).__name__}; supported: LlavaConfig, LlavaNextConfig"
+            f"no projector FLOPs formula for {type(config).__name__}; supported: LlavaConfig, LlavaNextConfig, "
+            "LlavaOnevisionConfig"
         )
     if isinstance(tokens, bool) or tokens < 0:
         raise ConfigError(f"tokens must be >= 0, got tokens={tokens!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,35 +25,33 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class AnyresPacking:
-    """Where one image's grid tokens and newlines sit in the sequence the language model sees.
+class PackedGrid:
+    """Where one image's grid tokens and newlines sit in the sequence the language model sees (AnyRes packing).
 
-    The model packs an image as: the base image's ``base`` grid in raster order, then the tiles arranged into
-    one large grid, unpadded to the image's aspect ratio (``grid`` = rows x cols after unpadding), each of its rows
-    followed by one image-newline token. The N = base rows * base cols + rows * cols grid tokens are the
-    candidates for pruning, in that order (the :class:`VisualLayout` order); newlines are not candidates.
+    The LLaVA-NeXT-style models pack an image as: the base image's ``base`` grid in raster order, then the tiles
+    arranged into one large grid (unpadded to the image's aspect ratio; LLaVA-OneVision may also downsample it),
+    ``grid`` = its rows x cols, each of its rows followed by one image-newline token. The N = base rows * base cols
+    + rows * cols grid tokens are the candidates for pruning, in that order (the :class:`VisualLayout` order);
+    newlines are not candidates.
 
     Attributes:
         base: (rows, cols) of the base image's patch grid.
-        grid: (rows, cols) of the unpadded tile grid.
+        grid: (rows, cols) of the packed tile grid.
         positions: (N,) int64 position of each grid token in the packed sequence.
-        sources: (N,) int64 index of each grid token among the image's crops' patches, crop-major
-            (``crop * patches_per_crop + patch``); crop 0 is the base image.
         newlines: (rows,) int64 position of each tile-grid row's newline in the packed sequence.
         length: the packed length (grid tokens + newlines): the image's placeholder count in the prompt.
-        has_cls: whether each crop's tower sequence holds a [CLS] token (the crops' :meth:`LlavaAdapter.image_layout`).
+        has_cls: whether each crop's tower sequence holds a [CLS] token.
     """
 
     base: tuple[int, int]
     grid: tuple[int, int]
     positions: torch.Tensor
-    sources: torch.Tensor
     newlines: torch.Tensor
     length: int
     has_cls: bool = True
 
     def layout(self) -> VisualLayout:
-        """Two grids, base then unpadded tiles, so the budget is split between them."""
+        """Two grids, base then packed tiles, so the budget is split between them."""
         rows, cols = self.grid
         base_tokens = self.base[0] * self.base[1]
         return VisualLayout(num_tokens=base_tokens + rows * cols, grids=(self.base, self.grid), has_cls=self.has_cls)
@@ -77,6 +75,35 @@ class AnyresPacking:
         newlines = newline.to(kept.embeddings)[None].expand(kept_rows.shape[0], -1)
         embeddings = torch.cat([kept.embeddings, newlines])
         return KeptImage(embeddings[keys], indices[keys], self.length, kept.pruning_flops)
+
+
+def read_packing(markers: torch.Tensor, base: tuple[int, int], has_cls: bool, who: str) -> PackedGrid:
+    """The :class:`PackedGrid` of a packed sequence whose ``markers`` ((length,) bool) are True at the newlines,
+    checked against the base grid + rows-each-followed-by-a-newline arrangement the adapters rely on."""
+    patches = base[0] * base[1]
+    newlines = markers.nonzero().flatten()
+    rows = newlines.shape[0]
+    cols = (markers.shape[0] - patches - rows) // max(rows, 1)
+    expected = patches + (cols + 1) * torch.arange(1, rows + 1) - 1
+    if rows == 0 or cols < 1 or bool(markers[:patches].any()) or not torch.equal(newlines, expected):
+        raise ConfigError(
+            "the model's pack_image_features no longer packs an image as base grid + tile rows each followed by a "
+            f"newline; this transformers version is not supported by {who}"
+        )
+    positions = (~markers).nonzero().flatten()
+    return PackedGrid(base, (rows, cols), positions, newlines, int(markers.shape[0]), has_cls)
+
+
+@dataclass(frozen=True)
+class AnyresPacking(PackedGrid):
+    """LLaVA-NeXT's :class:`PackedGrid`, whose every grid token is one crop patch.
+
+    Attributes:
+        sources: (N,) int64 index of each grid token among the image's crops' patches, crop-major
+            (``crop * patches_per_crop + patch``); crop 0 is the base image.
+    """
+
+    sources: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -134,26 +161,14 @@ class LlavaNextAdapter(LlavaAdapter):
         packed_maps, _ = self.model.model.pack_image_features(
             [index_map], image_size[None].cpu(), self.model.config.vision_feature_select_strategy, marker
         )
-        sources = packed_maps[0][:, 0].long()
-        is_newline = sources < 0
-        newlines = is_newline.nonzero().flatten()
-        rows = newlines.shape[0]
-        cols = (sources.shape[0] - patches - rows) // max(rows, 1)
-        expected_newlines = patches + (cols + 1) * torch.arange(1, rows + 1) - 1
-        if (
-            rows == 0
-            or not torch.equal(sources[:patches], torch.arange(patches))
-            or not torch.equal(newlines, expected_newlines)
-        ):
+        sources = packed_maps[0][:, 0]
+        grid = read_packing(sources < 0, base, self.image_layout().has_cls, type(self).__name__)
+        if not torch.equal(sources[:patches], torch.arange(patches, dtype=torch.float64)):
             raise ConfigError(
-                "the model's pack_image_features no longer packs an image as base grid + unpadded rows each "
-                "followed by a newline; this transformers version is not supported by LlavaNextAdapter"
+                "the model's pack_image_features no longer puts the base image first; this transformers version is "
+                f"not supported by {type(self).__name__}"
             )
-        positions = (~is_newline).nonzero().flatten()
-        has_cls = self.image_layout().has_cls
-        return AnyresPacking(
-            base, (rows, cols), positions, sources[positions], newlines, int(sources.shape[0]), has_cls
-        )
+        return AnyresPacking(**vars(grid), sources=sources[grid.positions].long())
 
     def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
         return None  # base grid plus tiles: no single grid to draw on

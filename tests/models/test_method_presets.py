@@ -2,8 +2,8 @@
 batched with left padding: each sample of the batch keeps the tokens, and generates the tokens, it does alone.
 
 The language models are deepened to 4 layers (as for the in-LLM tests) so that every in-LLM preset's boundaries
-fit; on encoders without [CLS] (Qwen2-VL) a preset's ``significance=cls`` becomes ``received``, the stand-in its
-strategy reads itself there."""
+fit; on encoders without [CLS] (Qwen2-VL, LLaVA-OneVision's SigLIP) a preset's ``significance=cls`` becomes
+``received``, the stand-in its strategy reads itself there."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from fopru.components import CONFIG_DIR, choices
 from fopru.models.base import TargetModel
 from fopru.pipeline import PruningPipeline
 from tests.models.conftest import example_batch
+from tests.models.families import contract_of
 
 NEW_TOKENS = 2
 
@@ -34,13 +35,18 @@ def method_pipeline(method: str, has_cls: bool) -> PruningPipeline:
     return PruningPipeline.from_config(cfg)
 
 
+def encoder_has_cls(name: str) -> bool:
+    """Whether the family reads [CLS] attention, as its contract hook says (``significance=cls`` not refused)."""
+    return "cls" not in contract_of(name).unsupported_sources
+
+
 @pytest.mark.parametrize("method", choices("method"))
 @torch.no_grad()
 def test_every_method_preset_runs_batched_as_each_sample_alone(
     deep_family: tuple[str, TargetModel], method: str
 ) -> None:
     name, adapter = deep_family
-    pipeline = method_pipeline(method, has_cls=name.startswith("tiny_llava"))
+    pipeline = method_pipeline(method, has_cls=encoder_has_cls(name))
     batched = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline, max_new_tokens=NEW_TOKENS)
     assert batched.tokens.shape[0] == 2
     for sample in range(2):

@@ -160,6 +160,7 @@ def trailing_text(visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return real & ~visual & (positions > last)
 
 
+@dataclass(frozen=True)
 class LLMPruning(ABC):
     """An in-LLM pruning method: a schedule of boundaries and how many visual tokens survive each.
 

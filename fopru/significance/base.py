@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -10,6 +11,7 @@ from fopru.layout import VisualLayout
 from fopru.significance.attention import AttentionReduction, AttentionSummary
 
 
+@dataclass(frozen=True)
 class SignificanceSource(ABC):
     """Scores every visual token of a sample; higher means more worth keeping.
 

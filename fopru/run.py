@@ -53,12 +53,11 @@ def run(cfg: DictConfig) -> PruningPipeline:
         check_before_loading(cfg, pipeline, target, benchmark, result_logger, folder, results_root(cfg))
     log.debug("configuration:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.debug(
-        "pipeline: significance=%s strategy=%s reorder=%s (positions=%s) llm_pruning=%s budget=%s",
-        type(pipeline.significance).__name__,
-        type(pipeline.strategy).__name__,
-        type(pipeline.reorder).__name__,
-        pipeline.reorder.positions,
-        type(pipeline.llm_pruning).__name__,
+        "pipeline: significance=%r strategy=%r reorder=%r llm_pruning=%r budget=%s",
+        pipeline.significance,
+        pipeline.strategy,
+        pipeline.reorder,
+        pipeline.llm_pruning,
         pipeline.budget,
     )
     if cfg.stage in ("eval", "train"):

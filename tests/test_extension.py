@@ -15,19 +15,31 @@ STRATEGY = '''"""Keep the least significant tokens: a strategy no test names."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fopru.errors import ConfigError
 from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
 
 
+@dataclass(frozen=True)
 class LeastSignificantStrategy(PruningStrategy):
-    """Keep the ``budget.count`` least significant tokens of each span, least significant first."""
+    """Keep the ``budget.count`` least significant tokens of each span, least significant first (``least_first``)
+    or in raster order."""
+
+    least_first: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.least_first, bool):
+            raise ConfigError(f"least_first={self.least_first!r} must be true or false")
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs
     ) -> Selection:
-        return Selection(top_indices(-significance, budget.count(significance.shape[1], num_tokens)))
+        indices = top_indices(-significance, budget.count(significance.shape[1], num_tokens))
+        return Selection(indices if self.least_first else indices.sort(dim=1).values)
 '''
 
 
@@ -56,8 +68,13 @@ def test_a_new_strategy_file_and_yaml_pass_the_contract_tests_untouched(tmp_path
     (project / "fopru" / "strategies" / "least.py").write_text(STRATEGY)
     (project / "conf" / "strategy" / "least.yaml").write_text(
         "# Keep the least significant tokens.\n_target_: fopru.strategies.least.LeastSignificantStrategy\n"
+        "least_first: true\n"
     )
-    contract = ["tests/strategies/test_strategies.py", "tests/models/test_llava.py", "tests/models/test_llava_next.py"]
+    contract = [
+        "tests/strategies/test_strategies.py",
+        "tests/models/test_contract.py",
+        "tests/test_component_dataclasses.py",
+    ]
     picked = pytest_in(project, *contract, "-k", "least")
     assert picked.returncode == 0, picked.stdout[-4000:] + picked.stderr[-2000:]
     for path in contract:  # each registry-driven file ran the new strategy

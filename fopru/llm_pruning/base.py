@@ -15,7 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from transformers import PretrainedConfig
@@ -160,6 +160,7 @@ def trailing_text(visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return real & ~visual & (positions > last)
 
 
+@dataclass(frozen=True)
 class LLMPruning(ABC):
     """An in-LLM pruning method: a schedule of boundaries and how many visual tokens survive each.
 
@@ -169,19 +170,29 @@ class LLMPruning(ABC):
     A method with its own rule (``selects = True``) implements :meth:`select` (and, if it reads the prompt's
     input embeddings, :meth:`prepare`), and states the products it spends in :meth:`boundary_flops` /
     :meth:`prepare_flops`; it keeps exactly the schedule's count.
-    Constructor arguments are config-time numbers only.
+
+    A method is a small frozen dataclass whose fields are its config keys (``conf/llm_pruning/<name>.yaml`` minus
+    ``_target_``: config-time numbers only), validated in ``__post_init__``; its ``repr`` is the configuration the
+    log shows.
     """
 
     #: False only for the no-op method: the language model then runs its stock forward.
-    active: bool = True
-    #: How a boundary ranks the visual tokens: ``own``, the last query's attention in the layer before it (FastV);
-    #: ``next``, the last query scored with the next layer's projections of the current hidden states (PyramidDrop).
-    ranking: Ranking = "own"
-    #: Whether 1-D positions are renumbered 0..L-1 over the survivors after each boundary, decode positions shifted
-    #: down by the tokens dropped before each layer (PyramidDrop); M-RoPE positions are never renumbered.
-    renumber: bool = False
+    active: ClassVar[bool] = True
     #: True for methods with their own selection rule (:meth:`select`) instead of the last token's attention.
-    selects: bool = False
+    selects: ClassVar[bool] = False
+
+    @property
+    def ranking(self) -> Ranking:
+        """How a boundary ranks the visual tokens: ``own``, the last query's attention in the layer before it
+        (FastV); ``next``, the last query scored with the next layer's projections of the current hidden states
+        (PyramidDrop)."""
+        return "own"
+
+    @property
+    def renumber(self) -> bool:
+        """Whether 1-D positions are renumbered 0..L-1 over the survivors after each boundary, decode positions
+        shifted down by the tokens dropped before each layer (PyramidDrop); M-RoPE positions are never renumbered."""
+        return False
 
     def prepare(self, inputs_embeds: torch.Tensor, visual: torch.Tensor, real: torch.Tensor) -> torch.Tensor | None:
         """A (B, L) tensor computed once from the prompt's (B, L, D) input embeddings, before the first layer, and

@@ -9,6 +9,8 @@ the Qwen2-VL port ``Qwen2-VL/Qwen2VL_DART/modeling_qwen2_vl_self.py`` does the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PretrainedConfig
 
@@ -33,6 +35,7 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return value
 
 
+@dataclass(frozen=True)
 class DART(LLMPruning):
     """Duplication-aware token reduction: after layer K, keep a few pivot tokens and, for each pivot, the visual
     tokens least similar to it.
@@ -64,13 +67,16 @@ class DART(LLMPruning):
 
     selects = True
 
-    def __init__(
-        self, layer: LayerSpec = 2, image_pivots: int = 4, text_pivots: int = 4, keep: float | None = None
-    ) -> None:
-        self.layer = check_layer_spec("llm_pruning.layer", layer)
-        self.image_pivots = _check_count("llm_pruning.image_pivots", image_pivots, 1)
-        self.text_pivots = _check_count("llm_pruning.text_pivots", text_pivots, 0)
-        self.keep = check_keep("llm_pruning.keep", keep)
+    layer: LayerSpec = 2
+    image_pivots: int = 4
+    text_pivots: int = 4
+    keep: float | None = None
+
+    def __post_init__(self) -> None:
+        check_layer_spec("llm_pruning.layer", self.layer)
+        _check_count("llm_pruning.image_pivots", self.image_pivots, 1)
+        _check_count("llm_pruning.text_pivots", self.text_pivots, 0)
+        object.__setattr__(self, "keep", check_keep("llm_pruning.keep", self.keep))
 
     def per_pivot(self, visual: int, budget: Budget) -> int:
         """Tokens each pivot takes: the budget's count split evenly over the pivots (rounded down)."""

@@ -6,10 +6,13 @@ reproduced here and its license was not verified offline; cite the paper.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fopru.layout import Budget
 from fopru.llm_pruning.base import Drop, LayerSpec, LLMPruning, check_keep, check_layer_spec, final_count, resolve_layer
 
 
+@dataclass(frozen=True)
 class FastV(LLMPruning):
     """After layer K, keep the visual tokens the last token attends to most; the rest leave the sequence.
 
@@ -23,9 +26,12 @@ class FastV(LLMPruning):
             at the same visual count in the layers after K as a pre-LLM method at that count everywhere.
     """
 
-    def __init__(self, layer: LayerSpec = 2, keep: float | None = None) -> None:
-        self.layer = check_layer_spec("llm_pruning.layer", layer)
-        self.keep = check_keep("llm_pruning.keep", keep)
+    layer: LayerSpec = 2
+    keep: float | None = None
+
+    def __post_init__(self) -> None:
+        check_layer_spec("llm_pruning.layer", self.layer)
+        object.__setattr__(self, "keep", check_keep("llm_pruning.keep", self.keep))
 
     def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:
         layer = resolve_layer("llm_pruning.layer", self.layer, depth)

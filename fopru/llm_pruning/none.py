@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fopru.layout import Budget
 from fopru.llm_pruning.base import Drop, LLMPruning
 
 
+@dataclass(frozen=True)
 class NoLLMPruning(LLMPruning):
     """Every layer sees every visual token that reached the language model."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fopru.errors import ConfigError
 from fopru.layout import Budget
@@ -28,6 +29,7 @@ from fopru.llm_pruning.base import (
 )
 
 
+@dataclass(frozen=True)
 class PyramidDrop(LLMPruning):
     """Stages of the language model; at the end of each but the last, keep a share lambda of the visual tokens left.
 
@@ -59,25 +61,23 @@ class PyramidDrop(LLMPruning):
         renumber: renumber positions after each boundary (released code) or keep them.
     """
 
-    def __init__(
-        self,
-        layers: Sequence[LayerSpec] = (0.25, 0.5, 0.75),
-        ratio: float | None = None,
-        keep: float | None = None,
-        ranking: Ranking = "next",
-        renumber: bool = True,
-    ) -> None:
+    layers: tuple[LayerSpec, ...] = (0.25, 0.5, 0.75)
+    ratio: float | None = None
+    keep: float | None = None
+    ranking: Ranking = "next"
+    renumber: bool = True
+
+    def __post_init__(self) -> None:
+        layers = self.layers
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
             raise ConfigError(f"llm_pruning.layers must be a non-empty list of layers, got {layers!r}")
-        self.layers = tuple(check_layer_spec("llm_pruning.layers", value) for value in layers)
-        self.ratio = check_keep("llm_pruning.ratio", ratio)
-        self.keep = check_keep("llm_pruning.keep", keep)
-        if ranking not in RANKINGS:
-            raise ConfigError(f"llm_pruning.ranking={ranking!r} is not one of {list(RANKINGS)}")
-        if not isinstance(renumber, bool):
-            raise ConfigError(f"llm_pruning.renumber={renumber!r} must be true or false")
-        self.ranking = ranking
-        self.renumber = renumber
+        object.__setattr__(self, "layers", tuple(check_layer_spec("llm_pruning.layers", value) for value in layers))
+        object.__setattr__(self, "ratio", check_keep("llm_pruning.ratio", self.ratio))
+        object.__setattr__(self, "keep", check_keep("llm_pruning.keep", self.keep))
+        if self.ranking not in RANKINGS:
+            raise ConfigError(f"llm_pruning.ranking={self.ranking!r} is not one of {list(RANKINGS)}")
+        if not isinstance(self.renumber, bool):
+            raise ConfigError(f"llm_pruning.renumber={self.renumber!r} must be true or false")
 
     def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:
         layers = resolve_boundaries("llm_pruning.layers", self.layers, depth)

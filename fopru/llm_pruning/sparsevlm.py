@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig
@@ -43,6 +44,7 @@ OFFICIAL_COUNTS: dict[int, tuple[int, int, int]] = {192: (300, 200, 110), 128: (
 OFFICIAL_TOKENS = 576
 
 
+@dataclass(frozen=True)
 class SparseVLM(LLMPruning):
     """Text-guided visual-token sparsification at several layers of the language model.
 
@@ -78,16 +80,16 @@ class SparseVLM(LLMPruning):
 
     selects = True
 
-    def __init__(
-        self,
-        layers: Sequence[LayerSpec] = (0.09375, 0.21875, 0.5),
-        counts: Sequence[float] | None = None,
-        keep: float | None = None,
-        recycle: bool = True,
-    ) -> None:
+    layers: tuple[LayerSpec, ...] = (0.09375, 0.21875, 0.5)
+    counts: tuple[float, ...] | None = None
+    keep: float | None = None
+    recycle: bool = True
+
+    def __post_init__(self) -> None:
+        layers, counts, recycle = self.layers, self.counts, self.recycle
         if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
             raise ConfigError(f"llm_pruning.layers must be a non-empty list of layers, got {layers!r}")
-        self.layers = tuple(check_layer_spec("llm_pruning.layers", value) for value in layers)
+        object.__setattr__(self, "layers", tuple(check_layer_spec("llm_pruning.layers", value) for value in layers))
         if counts is not None:
             if isinstance(counts, str) or not isinstance(counts, Sequence) or len(counts) != len(self.layers):
                 raise ConfigError(
@@ -99,11 +101,10 @@ class SparseVLM(LLMPruning):
                 f"llm_pruning.counts null takes the official three-stage table; give one fraction per boundary for "
                 f"llm_pruning.layers={list(self.layers)}"
             )
-        self.counts: tuple[float, ...] | None = None if counts is None else tuple(float(c) for c in counts)
-        self.keep = check_keep("llm_pruning.keep", keep)
+        object.__setattr__(self, "counts", None if counts is None else tuple(float(c) for c in counts))
+        object.__setattr__(self, "keep", check_keep("llm_pruning.keep", self.keep))
         if not isinstance(recycle, bool):
             raise ConfigError(f"llm_pruning.recycle must be true or false, got {recycle!r}")
-        self.recycle = recycle
 
     def targets(self, visual: int, budget: Budget) -> tuple[int, ...]:
         """The count kept after each configured boundary, before the code's ``v - 1`` cap."""

@@ -8,10 +8,13 @@ for LLaVA-1.5-7B, the released ``k = 15`` default). Re-expressed here, no code c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fopru.layout import Budget
 from fopru.llm_pruning.base import Drop, LayerSpec, LLMPruning, check_layer_spec, resolve_layer
 
 
+@dataclass(frozen=True)
 class VisualTokenWithdrawal(LLMPruning):
     """After layer K every visual token leaves the sequence and the KV cache; text tokens go on alone.
 
@@ -24,8 +27,10 @@ class VisualTokenWithdrawal(LLMPruning):
         layer: K, as a count of full layers or a fraction of the depth (default 15 / 32).
     """
 
-    def __init__(self, layer: LayerSpec = 0.46875) -> None:
-        self.layer = check_layer_spec("llm_pruning.layer", layer)
+    layer: LayerSpec = 0.46875
+
+    def __post_init__(self) -> None:
+        check_layer_spec("llm_pruning.layer", self.layer)
 
     def schedule(self, visual: int, depth: int, budget: Budget) -> tuple[Drop, ...]:
         return (Drop(resolve_layer("llm_pruning.layer", self.layer, depth), 0),)

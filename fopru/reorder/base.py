@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -14,6 +15,7 @@ Positions = Literal["auto", "compact", "original"]
 POSITIONS: tuple[str, ...] = ("auto", "compact", "original")
 
 
+@dataclass(frozen=True)
 class ReorderPolicy(ABC):
     """Permutes a selection's tokens, and says which position ids the adapter gives them.
 
@@ -25,12 +27,16 @@ class ReorderPolicy(ABC):
     before them (LLaVA's natural behaviour, default for 1-D RoPE models); ``original`` keeps each token's offset
     within the unpruned image (the only correct choice for Qwen2-VL's M-RoPE); ``auto`` (default) lets the adapter
     pick its family's natural mode (compact for LLaVA, original for Qwen).
+
+    A policy is a small frozen dataclass whose fields are its config keys (``conf/reorder/<name>.yaml`` minus
+    ``_target_``); its ``repr`` is the configuration the log shows.
     """
 
-    def __init__(self, positions: Positions = "auto") -> None:
-        if positions not in POSITIONS:
-            raise ConfigError(f"positions={positions!r} is not one of {list(POSITIONS)}")
-        self.positions = positions
+    positions: Positions = "auto"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions={self.positions!r} is not one of {list(POSITIONS)}")
 
     @abstractmethod
     def permutation(self, selection: Selection, significance: torch.Tensor) -> torch.Tensor:

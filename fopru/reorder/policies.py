@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.reorder.base import ReorderPolicy
 from fopru.strategies.base import Selection
 
 
+@dataclass(frozen=True)
 class OriginalOrder(ReorderPolicy):
     """Kept tokens back in raster order (ascending index): FoPru's default."""
 
@@ -15,6 +18,7 @@ class OriginalOrder(ReorderPolicy):
         return torch.sort(selection.indices, dim=1, stable=True).indices
 
 
+@dataclass(frozen=True)
 class SignificanceOrder(ReorderPolicy):
     """Most significant kept token first; ties keep raster order."""
 
@@ -25,6 +29,7 @@ class SignificanceOrder(ReorderPolicy):
         return raster.gather(1, by_score)
 
 
+@dataclass(frozen=True)
 class StrategyOrder(ReorderPolicy):
     """Whatever order the strategy produced (rank: by score; row: row by row in score order)."""
 

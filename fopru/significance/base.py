@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -10,13 +11,17 @@ from fopru.layout import VisualLayout
 from fopru.significance.attention import AttentionReduction, AttentionSummary
 
 
+@dataclass(frozen=True)
 class SignificanceSource(ABC):
     """Scores every visual token of a sample; higher means more worth keeping.
 
-    A source that reads attention sets ``reduction`` (how the tapped layer's attention is reduced) and
-    optionally ``layer`` (which vision-encoder layer to tap; ``None`` means the layer whose output the model uses
-    as visual features). The adapter taps that layer and hands over an :class:`AttentionSummary`. Sources with
-    ``reduction = None`` never cause a tap.
+    A source is a small frozen dataclass whose fields are its config keys (``conf/significance/<name>.yaml`` minus
+    ``_target_``), validated in ``__post_init__``; its ``repr`` is the configuration the log shows.
+
+    A source that reads attention has a ``reduction`` (how the tapped layer's attention is reduced, derived from
+    its fields) and a ``layer`` (which vision-encoder layer to tap; ``None`` means the layer whose output the model
+    uses as visual features). The adapter taps that layer and hands over an :class:`AttentionSummary`. Sources
+    whose ``reduction`` is ``None`` never cause a tap.
 
     ``score`` receives:
         attention: the tapped layer's summary, tensors (B, N) in float32, or ``None`` if ``reduction`` is ``None``.
@@ -27,8 +32,15 @@ class SignificanceSource(ABC):
     it belongs to, :mod:`fopru.seeding`); sources that draw noise override it to seed each row from its key.
     """
 
-    reduction: AttentionReduction | None = None
-    layer: int | None = None
+    @property
+    def reduction(self) -> AttentionReduction | None:
+        """How the tapped layer's attention is reduced; ``None``: the source reads no attention."""
+        return None
+
+    @property
+    def layer(self) -> int | None:
+        """The vision-encoder layer to tap; ``None``: the layer producing the model's visual features."""
+        return None
 
     @abstractmethod
     def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -22,19 +24,25 @@ def choose_by_variance(received: torch.Tensor, paid: torch.Tensor) -> torch.Tens
     return torch.where(use_received[:, None], received, paid)
 
 
+@dataclass(frozen=True)
 class AttentionSignificance(SignificanceSource):
-    """Shared constructor of the sources that read the tapped attention."""
+    """Shared fields of the sources that read the tapped attention: how it is reduced and which layer is tapped."""
 
-    def __init__(
-        self,
-        scores: Scores = "probabilities",
-        cls_drop: ClsDrop = "after_softmax",
-        layer: int | None = None,
-    ) -> None:
-        self.reduction = AttentionReduction(scores=scores, cls_drop=cls_drop)
-        self.layer = layer
+    scores: Scores = "probabilities"
+    cls_drop: ClsDrop = "after_softmax"
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        # A bad scores or cls_drop fails here, at construction, rather than at the first tap.
+        self.reduction  # noqa: B018
+
+    @cached_property
+    def reduction(self) -> AttentionReduction:
+        """The :class:`AttentionReduction` of ``scores`` and ``cls_drop`` (one object per source)."""
+        return AttentionReduction(scores=self.scores, cls_drop=self.cls_drop)
 
 
+@dataclass(frozen=True)
 class FocalSignificance(AttentionSignificance):
     """FoPru's focal significance: attention received (s1) or paid (s2) by each patch, chosen by variance.
 
@@ -42,17 +50,12 @@ class FocalSignificance(AttentionSignificance):
     (SigLIP) patch rows sum to 1, s2 is constant and the rule picks s1.
     """
 
-    def __init__(
-        self,
-        direction: Direction = "auto",
-        scores: Scores = "probabilities",
-        cls_drop: ClsDrop = "after_softmax",
-        layer: int | None = None,
-    ) -> None:
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"direction={direction!r} is not one of {list(DIRECTIONS)}")
-        super().__init__(scores=scores, cls_drop=cls_drop, layer=layer)
-        self.direction = direction
+    direction: Direction = "auto"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"direction={self.direction!r} is not one of {list(DIRECTIONS)}")
+        super().__post_init__()
 
     def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
         attention = self._require_attention(attention)
@@ -63,6 +66,7 @@ class FocalSignificance(AttentionSignificance):
         return choose_by_variance(attention.received, attention.paid)
 
 
+@dataclass(frozen=True)
 class ClsSignificance(AttentionSignificance):
     """[CLS]-to-patch attention of the tapped layer, head-averaged (FasterVLM; VisionZip sums heads, same order)."""
 
@@ -76,6 +80,7 @@ class ClsSignificance(AttentionSignificance):
         return attention.cls
 
 
+@dataclass(frozen=True)
 class NormSignificance(SignificanceSource):
     """L2 norm of each visual feature: cheap and attention-free."""
 
@@ -83,6 +88,7 @@ class NormSignificance(SignificanceSource):
         return torch.linalg.vector_norm(features.float(), dim=-1)
 
 
+@dataclass(frozen=True)
 class UniformSignificance(SignificanceSource):
     """All tokens equal, so a strategy acts on position alone (ties break toward the lower index)."""
 
@@ -90,14 +96,17 @@ class UniformSignificance(SignificanceSource):
         return features.new_zeros(features.shape[:2], dtype=torch.float32)
 
 
+@dataclass(frozen=True)
 class RandomSignificance(SignificanceSource):
     """Seeded uniform noise. Given sample keys (:meth:`score_rows`, as in every evaluation) each sample's scores
     depend only on ``seed`` and the sample (:mod:`fopru.seeding`); through :meth:`score`, a fixed seed and call
     sequence reproduce the same scores."""
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    seed: int = 0
+    generator: torch.Generator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generator", torch.Generator().manual_seed(self.seed))
 
     def score(self, attention: AttentionSummary | None, features: torch.Tensor, layout: VisualLayout) -> torch.Tensor:
         return self.score_rows(attention, features, layout, None)

@@ -8,6 +8,8 @@ not known here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.errors import ConfigError
@@ -15,6 +17,7 @@ from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
+@dataclass(frozen=True)
 class AdaFVStrategy(PruningStrategy):
     """Per image, the mix of salient and text-relevant tokens that covers most of both distributions.
 
@@ -36,10 +39,13 @@ class AdaFVStrategy(PruningStrategy):
     needs_projected = True
     needs_text = True
 
-    def __init__(self, temperature: float = 0.01) -> None:
+    temperature: float = 0.01
+
+    def __post_init__(self) -> None:
+        temperature = self.temperature
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
             raise ConfigError(f"temperature={temperature!r} must be a number > 0")
-        self.temperature = float(temperature)
+        object.__setattr__(self, "temperature", float(temperature))
 
     def text_similarity(self, projected: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, n) p_t: text-to-image attention over the visual tokens, averaged over the real text tokens."""

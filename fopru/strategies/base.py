@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -219,6 +219,10 @@ def pad_to_counts(selection: Selection, counts: torch.Tensor) -> Selection:
 class PruningStrategy(ABC):
     """Chooses the visual tokens to keep from their significance (and, for some methods, more inputs).
 
+    A strategy is a small frozen dataclass whose fields are its config keys (``conf/strategy/<name>.yaml`` minus
+    ``_target_``), validated in ``__post_init__``: its ``repr`` is the configuration the log shows, and two
+    strategies built from the same config compare equal.
+
     ``select`` validates the inputs, splits the layout into its images/tiles, asks ``select_span`` for each with
     the budget share of that span and the inputs cut to it, and concatenates the results (indices shifted by the
     span's offset). A strategy implements ``select_span`` only:
@@ -233,15 +237,16 @@ class PruningStrategy(ABC):
     are deterministic. Every sample keeps the same count unless the strategy is ``adaptive`` (then ``counts``).
     Loops over selection steps (greedy methods) are fine; loops over the batch are not needed.
 
-    Capabilities, declared as class attributes so that adapters compute costly inputs only when asked:
+    Capabilities, so that adapters compute costly inputs only when asked. Fixed ones are class attributes; those
+    that depend on the config (``per_span``, ``averages``, ``keeps_cls``) are properties of the fields:
         ``needs_grid``: refuses grid-free layouts.
         ``per_span``: True (default): each image/tile is its own span with its own budget share; False: the whole
             layout is one grid-free span (a method whose released code runs once over a packed multi-grid image,
-            e.g. DivPrune on LLaVA-NeXT); a strategy may set it per instance.
+            e.g. DivPrune on LLaVA-NeXT).
         ``merges``: returns ``weights`` (always, also where a merge is trivial): output tokens are weighted
             combinations, which costs a (k x N) @ (N x D) product per image.
         ``averages``: a merging strategy's weight rows sum to 1 (weighted averages); False where the released code
-            sums tokens (VisionZip's contextual tokens, PruMerge); set per instance.
+            sums tokens (VisionZip's contextual tokens, PruMerge).
         ``adaptive``: the kept count varies per sample (``Selection.counts``); it never exceeds the budget share.
         ``needs_attention``: reads the tapped layer's summary ([CLS] row, keys); the adapter taps the vision encoder
             even when the significance source reads no attention.
@@ -249,22 +254,34 @@ class PruningStrategy(ABC):
         ``needs_text``: reads the prompt's text embeddings.
         ``keeps_cls``: keeps the [CLS] token itself as the first of its tokens where the family hands its features
             over (``StrategyInputs.cls_features``); it counts in the budget, and the selection then names the
-            other tokens only. VisionZip's released code does this; set per instance.
+            other tokens only. VisionZip's released code does this.
         ``keeps``: what a span keeps of its budget share ``budget.count(size, num_tokens)``: ``"exact"``
             (default) exactly that many tokens; ``"at_most"`` no more (an even lattice, an adaptive count);
             ``"rows"`` the share counts grid rows, not tokens; ``"all"`` every token, whatever the budget.
+
+    A strategy written as a plain class with its own ``__init__`` also works against this base; it may then set
+    ``averages`` and ``keeps_cls`` on the instance, which is why those two stay writable attributes here.
     """
 
-    needs_grid: bool = False
-    per_span: bool = True
-    merges: bool = False
+    needs_grid: ClassVar[bool] = False
+    merges: ClassVar[bool] = False
+    adaptive: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False
+    needs_projected: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False
+    keeps: ClassVar[Literal["exact", "at_most", "rows", "all"]] = "exact"
     averages: bool = True
-    adaptive: bool = False
-    needs_attention: bool = False
-    needs_projected: bool = False
-    needs_text: bool = False
     keeps_cls: bool = False
-    keeps: Literal["exact", "at_most", "rows", "all"] = "exact"
+
+    @property
+    def per_span(self) -> bool:
+        """Each image/tile is its own span with its own budget share (False: the layout is one span)."""
+        return True
+
+    def __repr__(self) -> str:
+        # Dataclass strategies generate their own; this names the settings of a strategy with its own __init__.
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if not key.startswith("_"))
+        return f"{type(self).__name__}({settings})"
 
     @property
     def name(self) -> str:

@@ -8,6 +8,8 @@ conditional similarity, kernel, fast greedy MAP inference) and ``llava/model/mul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.errors import ConfigError
@@ -15,6 +17,7 @@ from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, cosine_similarity
 
 
+@dataclass(frozen=True)
 class CDPrunerStrategy(PruningStrategy):
     """Instruction-conditioned determinantal point process over the projected tokens: the k tokens whose kernel
     submatrix has the largest determinant, found by fast greedy MAP inference.
@@ -46,13 +49,16 @@ class CDPrunerStrategy(PruningStrategy):
     needs_projected = True
     needs_text = True
 
-    def __init__(self, theta: float | None = None, invert_relevance: bool = True) -> None:
+    theta: float | None = None
+    invert_relevance: bool = True
+
+    def __post_init__(self) -> None:
+        theta = self.theta
         if theta is not None and (isinstance(theta, bool) or not isinstance(theta, int | float) or not 0 < theta < 1):
             raise ConfigError(f"theta must be null (linear relevance) or a number in (0, 1), got theta={theta!r}")
-        if not isinstance(invert_relevance, bool):
-            raise ConfigError(f"invert_relevance must be true or false, got {invert_relevance!r}")
-        self.theta = None if theta is None else float(theta)
-        self.invert_relevance = invert_relevance
+        if not isinstance(self.invert_relevance, bool):
+            raise ConfigError(f"invert_relevance must be true or false, got {self.invert_relevance!r}")
+        object.__setattr__(self, "theta", None if theta is None else float(theta))
 
     def relevance(self, projected: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(B, n) float32 normalised relevance of each token to the instruction, and its product's FLOPs."""

@@ -8,6 +8,7 @@ re-expressed here, no code copied.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,6 +23,7 @@ Spans = Literal["packed", "per_grid"]
 SPANS: tuple[str, ...] = ("packed", "per_grid")
 
 
+@dataclass(frozen=True)
 class DivPruneStrategy(PruningStrategy):
     """Greedy max-min diversity over the projected tokens (cosine distance); no attention, no significance.
 
@@ -42,14 +44,19 @@ class DivPruneStrategy(PruningStrategy):
 
     needs_projected = True
 
-    def __init__(self, rounding: Rounding = "round", spans: Spans = "packed") -> None:
-        if rounding not in ROUNDINGS:
-            raise ConfigError(f"rounding={rounding!r} is not one of {list(ROUNDINGS)}")
-        if spans not in SPANS:
-            raise ConfigError(f"spans={spans!r} is not one of {list(SPANS)}")
-        self.rounding = rounding
-        self.spans = spans
-        self.per_span = spans == "per_grid"
+    rounding: Rounding = "round"
+    spans: Spans = "packed"
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding={self.rounding!r} is not one of {list(ROUNDINGS)}")
+        if self.spans not in SPANS:
+            raise ConfigError(f"spans={self.spans!r} is not one of {list(SPANS)}")
+
+    @property
+    def per_span(self) -> bool:
+        """``spans=per_grid`` gives each grid its own share; ``packed`` selects once over the whole layout."""
+        return self.spans == "per_grid"
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

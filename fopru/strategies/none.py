@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
+@dataclass(frozen=True)
 class KeepAllStrategy(PruningStrategy):
     """Keep every token in its original order, whatever the budget."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.layout import Budget, Grid
@@ -9,6 +11,7 @@ from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 from fopru.strategies.lattice import bin_edges, lattice_shape
 
 
+@dataclass(frozen=True)
 class PoolStrategy(PruningStrategy):
     """Average-pool the grid into an r x c lattice (r * c <= the budget) with adaptive-pooling bins.
 

@@ -9,6 +9,7 @@ Re-expressed here, no code copied.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -38,6 +39,7 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")
 
 
+@dataclass(frozen=True)
 class PruMergeStrategy(PruningStrategy):
     """Adaptive count by IQR outliers of [CLS] attention; each kept token absorbs its most similar tokens.
 
@@ -66,24 +68,25 @@ class PruMergeStrategy(PruningStrategy):
     keeps = "at_most"
     needs_attention = True
 
-    def __init__(
-        self,
-        neighbours: int = 32,
-        attention: Attention = "joint",
-        merge: Merge = "sum",
-        extra_token: bool = True,
-    ) -> None:
+    neighbours: int = 32
+    attention: Attention = "joint"
+    merge: Merge = "sum"
+    extra_token: bool = True
+
+    def __post_init__(self) -> None:
+        neighbours = self.neighbours
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
             raise ConfigError(f"neighbours={neighbours!r} must be a whole number >= 0")
-        _choice("attention", attention, ATTENTIONS)
-        _choice("merge", merge, MERGES)
-        if not isinstance(extra_token, bool):
-            raise ConfigError(f"extra_token={extra_token!r} must be true or false")
-        self.neighbours = neighbours
-        self.attention = attention
-        self.merge = merge
-        self.extra_token = extra_token
-        self.averages = merge == "mean" and not extra_token
+        _choice("attention", self.attention, ATTENTIONS)
+        _choice("merge", self.merge, MERGES)
+        if not isinstance(self.extra_token, bool):
+            raise ConfigError(f"extra_token={self.extra_token!r} must be true or false")
+
+    # The base's flag stays writable for strategies that set it in their own __init__.
+    @property
+    def averages(self) -> bool:  # type: ignore[override]
+        """Weight rows sum to 1 only for the paper's attention-weighted mean without the extra token."""
+        return self.merge == "mean" and not self.extra_token
 
     def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> list[torch.Tensor]:
         """Per sample, the (k,) kept indices in output order, before the budget cap."""
@@ -136,6 +139,7 @@ class PruMergeStrategy(PruningStrategy):
         return Selection(indices[None], weights[None], flops=flops)
 
 
+@dataclass(frozen=True)
 class PruMergePlusStrategy(PruMergeStrategy):
     """PruMerge+: the IQR outliers plus spatially spread samples, then PruMerge's merge.
 
@@ -148,17 +152,11 @@ class PruMergePlusStrategy(PruMergeStrategy):
     paper's PruMerge+ keeps about a quarter of the tokens.
     """
 
-    def __init__(
-        self,
-        neighbours: int = 32,
-        attention: Attention = "joint",
-        merge: Merge = "sum",
-        extra_token: bool = True,
-        spatial: Spatial = "stride",
-    ) -> None:
-        super().__init__(neighbours, attention, merge, extra_token)
-        _choice("spatial", spatial, SPATIALS)
-        self.spatial = spatial
+    spatial: Spatial = "stride"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice("spatial", self.spatial, SPATIALS)
 
     def kept_tokens(self, saliency: torch.Tensor, grid: Grid | None, count: int) -> list[torch.Tensor]:
         size = saliency.shape[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from fopru.layout import Budget, Grid
@@ -9,6 +11,7 @@ from fopru.seeding import row_uniform
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 
+@dataclass(frozen=True)
 class RandomStrategy(PruningStrategy):
     """Keep ``max(1, floor(keep * n))`` tokens drawn uniformly without replacement, ignoring significance.
 
@@ -17,9 +20,11 @@ class RandomStrategy(PruningStrategy):
     seeded with ``seed`` at construction, so the same seed and sequence of calls give the same selections.
     """
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    seed: int = 0
+    generator: torch.Generator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generator", torch.Generator().manual_seed(self.seed))
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
 
 
+@dataclass(frozen=True)
 class RankStrategy(PruningStrategy):
     """Keep the ``max(1, floor(keep * n))`` most significant tokens of each span, most significant first."""
 

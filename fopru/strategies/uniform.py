@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.layout import Budget, Grid
@@ -9,6 +11,7 @@ from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 from fopru.strategies.lattice import centers, lattice_shape
 
 
+@dataclass(frozen=True)
 class UniformStrategy(PruningStrategy):
     """Keep the centre patch of each cell of an even r x c lattice with r * c <= the budget, raster order.
 

@@ -10,6 +10,7 @@ attention). Re-expressed here, no code copied.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +19,7 @@ from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, cosine_similarity, top_indices
 
 
+@dataclass(frozen=True)
 class VisPrunerStrategy(PruningStrategy):
     """Important tokens by [CLS] attention, then diverse tokens from the rest by iterative duplicate removal.
 
@@ -38,16 +40,19 @@ class VisPrunerStrategy(PruningStrategy):
 
     needs_attention = True
 
-    def __init__(self, important: float = 0.5, step: int = 8, rebuild: bool = True) -> None:
+    important: float = 0.5
+    step: int = 8
+    rebuild: bool = True
+
+    def __post_init__(self) -> None:
+        important, step = self.important, self.step
         if isinstance(important, bool) or not isinstance(important, int | float) or not 0 <= important <= 1:
             raise ConfigError(f"important={important!r} must be the important share of the budget, in [0, 1]")
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ConfigError(f"step={step!r} must be a whole number >= 1 (tokens removed per round)")
-        if not isinstance(rebuild, bool):
-            raise ConfigError(f"rebuild={rebuild!r} must be true or false")
-        self.important = float(important)
-        self.step = step
-        self.rebuild = rebuild
+        if not isinstance(self.rebuild, bool):
+            raise ConfigError(f"rebuild={self.rebuild!r} must be true or false")
+        object.__setattr__(self, "important", float(important))
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

@@ -4,6 +4,8 @@ FLOPs) is ``tests/models/test_contract.py``, with this family's hook in ``tests/
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -52,7 +54,7 @@ def test_significance_comes_from_the_feature_layer(adapter: LlavaAdapter) -> Non
 
 def test_a_tap_layer_outside_the_encoder_is_refused(adapter: LlavaAdapter) -> None:
     pipeline = make_pipeline("rank")
-    pipeline.significance.layer = 7
+    pipeline = replace(pipeline, significance=replace(pipeline.significance, layer=7))
     with pytest.raises(ConfigError, match=r"significance\.layer=7 is outside the vision encoder's 4 layers"):
         adapter.prefill_inputs(batch_of(adapter, [0]), pipeline)
 

@@ -2,8 +2,9 @@
 
 Follows the authors' released code, github.com/dvlab-research/VisionZip (Apache-2.0): ``visionzip/clip_encoder.py``
 (``CLIPVisionTower_VisionZip.forward``: dominant and contextual tokens) and ``visionzip/utils.py``
-(``CLIPAttention_forward``: the keys averaged over heads that similarity is measured on). Re-expressed here, no code
-copied.
+(``CLIPAttention_forward``: the keys averaged over heads that similarity is measured on), and, on LLaVA-NeXT,
+``visionzip/llava_arch.py`` (``prepare_inputs_labels_for_multimodal_visionzip``, ``restore_image_features_sorted``:
+every crop pruned on its own, the crops' tokens arranged as released). Re-expressed here, no code copied.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from fopru.strategies.base import KEY_HEADS, KeyHeads, PruningStrategy, Selectio
 
 ContextualMerge = Literal["sum", "mean"]
 CONTEXTUAL_MERGES: tuple[str, ...] = ("sum", "mean")
+Anyres = Literal["crops", "grids"]
+ANYRES: tuple[str, ...] = ("crops", "grids")
 
 
 class VisionZipStrategy(PruningStrategy):
@@ -41,13 +44,20 @@ class VisionZipStrategy(PruningStrategy):
     - ``dominant`` defaults to 54 / 64 = 0.84375, the released split (54 + 10 = 64, 108 + 20, 162 + 30).
     - [CLS]: the released code keeps the [CLS] token itself as one of the d dominant tokens (``dominant=54`` there
       means [CLS] + 53 patches; ``keep_cls=true``, the default). Where the family hands the [CLS] features over
-      (single-grid CLIP towers: LLaVA-1.5, the embedded model) the selection names d - 1 dominant patches and
-      [CLS] goes first (:attr:`PruningStrategy.keeps_cls`); elsewhere (no [CLS], or LLaVA-NeXT's packed grids) all
-      d dominant tokens are patches, as with ``keep_cls=false``.
+      (single-grid CLIP towers: LLaVA-1.5, the embedded model; every crop of LLaVA-NeXT with ``anyres=crops``) the
+      selection names d - 1 dominant patches and [CLS] goes first (:attr:`PruningStrategy.keeps_cls`); elsewhere
+      (no [CLS], or LLaVA-NeXT with ``anyres=grids``) all d dominant tokens are patches, as with ``keep_cls=false``.
     - Output order, as the released code emits it: [CLS], the dominant patches in raster order, then the contextual
       ones in the raster order of their targets (``method=visionzip`` keeps this order: ``reorder=none``; other
       reorder policies order the patches and contextual tokens, [CLS] stays first).
-    - LLaVA-NeXT: every grid of the layout (base image, unpadded tile grid) gets its own dominant/contextual split.
+    - LLaVA-NeXT, ``anyres=crops`` (default, the released code): every crop (the base image and each tile, padded
+      tiles, before unpadding) runs VisionZip on its own whole grid, with its own [CLS] and the same budget
+      (``keep`` of each crop's patches, split as above): :attr:`PruningStrategy.per_crop`. The adapter then sends,
+      as released: the base crop's tokens as emitted; the tiles' dominant patches placed back on the tiled grid
+      (tiles arranged as AnyRes arranges them, no unpadding, no newlines) in its raster order; the tiles' [CLS]
+      tokens; the tiles' contextual tokens, tile by tile. Positions are compact only. ``anyres=grids``: each grid of
+      the unpadded packed layout (base image, tile grid) gets its own dominant/contextual split, with the image
+      newlines, no [CLS].
     """
 
     merges = True
@@ -59,6 +69,7 @@ class VisionZipStrategy(PruningStrategy):
         contextual_merge: ContextualMerge = "sum",
         keys: KeyHeads = "mean",
         keep_cls: bool = True,
+        anyres: Anyres = "crops",
     ) -> None:
         if isinstance(dominant, bool) or not isinstance(dominant, int | float) or not 0 < dominant <= 1:
             raise ConfigError(f"dominant={dominant!r} must be the dominant share of the budget, in (0, 1]")
@@ -73,11 +84,19 @@ class VisionZipStrategy(PruningStrategy):
         if not isinstance(keep_cls, bool):
             raise ConfigError(f"keep_cls={keep_cls!r} must be true or false")
         self.keeps_cls = keep_cls
+        if anyres not in ANYRES:
+            raise ConfigError(f"anyres={anyres!r} is not one of {list(ANYRES)}")
+        self.anyres = anyres
+        self.per_crop = anyres == "crops"
 
     def split(self, count: int) -> tuple[int, int]:
         """(dominant, contextual) token counts of a budget of ``count`` tokens."""
         dominant = min(count, max(1, math.floor(self.dominant * count + 0.5)))
         return dominant, count - dominant
+
+    def summaries(self, count: int) -> int:
+        """The contextual tokens of a span's ``count`` tokens: they follow the dominant ones."""
+        return self.split(count)[1]
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

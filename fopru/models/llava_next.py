@@ -181,6 +181,12 @@ class LlavaNextAdapter(LlavaAdapter):
       its unpruned packed offset.
     - Images differ in size, so in packed length and layout: each image is pruned on its own. Merging strategies
       (pool) average vision features before the projector, within each grid.
+    - Per-crop strategies (:attr:`PruningStrategy.per_crop`: VisionZip, ``anyres=crops``) are pruned as their
+      released code runs: one group per image whose layout is one grid per crop (the base image and every padded
+      tile, nothing unpadded), each crop's [CLS] features handed over, each crop's budget share ``keep`` of its
+      patches; :meth:`CropPacking.arrange` then sends the crops' tokens in the released arrangement, with no
+      newlines (crops x kept-per-crop tokens in place of the prompt's placeholders). That arrangement has no
+      packed offsets: positions are ``compact`` only (``original`` is refused).
     Only ``vision_feature_select_strategy="default"`` with one integer feature layer is supported.
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -12,6 +13,7 @@ from fopru.layout import Budget, VisualLayout
 from fopru.llm_pruning.base import LLMPruning
 from fopru.llm_pruning.none import NoLLMPruning
 from fopru.reorder.base import ReorderPolicy
+from fopru.reorder.policies import StrategyOrder
 from fopru.significance.attention import AttentionReduction, AttentionSummary
 from fopru.significance.base import SignificanceSource
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
@@ -42,6 +44,9 @@ class PruningRequest:
         text: the strategy reads the prompt's text embeddings.
         cls: the strategy keeps the [CLS] token itself (``keeps_cls``): hand over its features where the layout has one.
         positions: the reorder policy's position mode (``compact``, ``original`` or ``auto``).
+        per_crop: for a ``per_crop`` strategy, how many of a crop's k output tokens ([CLS] included) are trailing
+            summaries (:meth:`PruningStrategy.summaries`; none where a reorder policy reorders the strategy's
+            tokens, which are then all placed); ``None``: the family's own multi-crop layout.
     """
 
     layer: int | None
@@ -51,6 +56,7 @@ class PruningRequest:
     text: bool
     positions: str
     cls: bool = False
+    per_crop: Callable[[int], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,15 @@ class PruningPipeline:
             text=self.strategy.needs_text,
             positions=self.reorder.positions,
             cls=self.strategy.keeps_cls,
+            per_crop=self.per_crop_summaries() if self.strategy.per_crop else None,
         )
+
+    def per_crop_summaries(self) -> Callable[[int], int]:
+        """A crop's trailing summary count: the strategy's, while its own order is kept (a reorder policy mixes
+        summaries with placed tokens, so all are placed)."""
+        if isinstance(self.reorder, StrategyOrder):
+            return self.strategy.summaries
+        return _no_summaries
 
     def prune(
         self,
@@ -126,3 +140,8 @@ class PruningPipeline:
                 flops=selection.flops,
             )
         return PrunedTokens(ordered, significance, cls_first=self.strategy.keeps_cls and inputs.has_cls)
+
+
+def _no_summaries(count: int) -> int:
+    """No trailing summaries: every token of a crop is placed."""
+    return 0

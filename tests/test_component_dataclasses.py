@@ -18,17 +18,9 @@ from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, to
 
 GROUPS = ("significance", "strategy", "reorder", "llm_pruning")
 
-# VisionZipStrategy still takes its settings in its own __init__; strict, so this mark must go once it is converted.
-NOT_YET_A_DATACLASS = {("strategy", "visionzip")}
-
 
 def registered() -> list[object]:
-    marks = pytest.mark.xfail(strict=True, reason="a plain class with its own __init__")
-    return [
-        pytest.param(group, name, id=f"{group}-{name}", marks=marks if (group, name) in NOT_YET_A_DATACLASS else ())
-        for group in GROUPS
-        for name in choices(group)
-    ]
+    return [pytest.param(group, name, id=f"{group}-{name}") for group in GROUPS for name in choices(group)]
 
 
 def yaml_keys(group: str, name: str) -> list[str]:

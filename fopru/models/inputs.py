@@ -24,12 +24,15 @@ class KeptImage:
         embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence ((1 + k, D) with
             ``leading_cls``).
         indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
-            representative), the same order.
+            representative), the same order. An image pruned per crop (``PruningRequest.per_crop``) has no such
+            positions: there each token's place in its crops' tower sequences ([CLS] first in each, crop-major), and
+            positions are compact.
         num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
         pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
             and the merge product; the tap and the projector are counted by the adapter).
         leading_cls: the image's [CLS] token goes first, ahead of the kept tokens (a ``keeps_cls`` strategy); it sits
-            at the position of the image's first placeholder, where the tower's sequence has it.
+            at the position of the image's first placeholder, where the tower's sequence has it. (Pruned per crop,
+            ``PruningRequest.per_crop``, every crop's [CLS] goes first, until the family assembles the crops.)
     """
 
     embeddings: torch.Tensor
@@ -119,10 +122,12 @@ class VisualGroup:
         project: vision features to language-model-width embeddings (the identity where the encoder's output is
             already projected).
         placeholders: each image's placeholder count in the prompt (N, or more where the family adds tokens).
-        finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines);
+        finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines, or, pruned
+            per crop, arranges its crops' tokens as the strategy's released code does);
             ``None`` where kept tokens index the placeholders directly.
         cls_features: (I, 1, D) each image's [CLS] features at the same layer, for strategies that keep [CLS]
-            (``PruningRequest.cls``); ``None`` where the request does not ask or the family has no single [CLS].
+            (``PruningRequest.cls``), or (I, G, D) one per crop where each of the G grids is a crop of its own
+            (``PruningRequest.per_crop``); ``None`` where the request does not ask or the family has no [CLS].
     """
 
     features: torch.Tensor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, image_size_to_num_patches
 
 from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
@@ -106,6 +106,82 @@ class AnyresPacking(PackedGrid):
     sources: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
+@dataclass(frozen=True)
+class CropPacking:
+    """One image pruned crop by crop (``PruningRequest.per_crop``), and how its crops' tokens are arranged.
+
+    Every crop (the base image, then the tiles in row-major order over the AnyRes tile grid; padded tiles, nothing
+    unpadded) is one ``crop`` grid of the layout, with its own [CLS]. The arrangement is the one VisionZip's
+    released code sends on LLaVA-NeXT (``visionzip/llava_arch.py``, ``restore_image_features_sorted``): the base
+    crop's tokens as the strategy emits them; the tiles' placed tokens put back on the whole tiled grid
+    (``tiles[0] * crop rows`` x ``tiles[1] * crop cols``) and read in its raster order; the tiles' [CLS] tokens,
+    tile by tile; the tiles' trailing summaries, tile by tile. No image newlines.
+
+    Attributes:
+        tiles: (rows, cols) of the AnyRes tile grid.
+        crop: (rows, cols) of one crop's patch grid.
+        has_cls: whether each crop's tower sequence holds a [CLS] token.
+    """
+
+    tiles: tuple[int, int]
+    crop: tuple[int, int]
+    has_cls: bool = True
+
+    @property
+    def crops(self) -> int:
+        """The base image plus the tiles."""
+        return 1 + self.tiles[0] * self.tiles[1]
+
+    def layout(self) -> VisualLayout:
+        """One grid per crop, so that every crop gets its own budget share (``keep`` of its patches)."""
+        patches = self.crop[0] * self.crop[1]
+        return VisualLayout(num_tokens=self.crops * patches, grids=(self.crop,) * self.crops, has_cls=self.has_cls)
+
+    def arrange(self, kept: KeptImage, placeholders: int, summaries: Callable[[int], int]) -> KeptImage:
+        """The crops' pruned tokens in the released arrangement, as one image filling ``placeholders``.
+
+        ``kept`` holds, with ``leading_cls``, every crop's [CLS] first (crop order), then each crop's tokens in turn
+        (indices into the layout, crop-major); each crop's last ``summaries(k)`` of its k tokens ([CLS] included)
+        are summaries. The result's indices are each token's place in its crops' tower sequences (crop-major,
+        [CLS] first in each crop): the arranged sequence has no packed offsets.
+        """
+        crops, (rows, cols) = self.crops, self.crop
+        patches = rows * cols
+        lead = crops if kept.leading_cls else 0
+        if kept.indices.shape[0] % crops:
+            raise ConfigError(
+                f"a per-crop strategy must keep the same count in each of the {crops} crops, got "
+                f"{kept.indices.shape[0]} tokens"
+            )
+        per_crop = kept.indices.shape[0] // crops
+        summary = summaries(per_crop + int(kept.leading_cls))
+        placed = per_crop - summary
+        device = kept.indices.device
+        cls_slots = torch.arange(lead, device=device)
+        slots = lead + torch.arange(crops * per_crop, device=device).view(crops, per_crop)  # into kept.embeddings
+        crop_of = torch.arange(crops, device=device)[:, None]
+        patch = kept.indices.view(crops, per_crop) - crop_of * patches
+        sequence = int(self.has_cls)
+        sources = torch.cat(
+            [cls_slots * (patches + sequence), (crop_of * (patches + sequence) + sequence + patch).flatten()]
+        )  # each embedding's place in the crops' tower sequences
+        tile = crop_of[1:] - 1
+        tile_row, tile_col = tile // self.tiles[1], tile % self.tiles[1]
+        grid_row = tile_row * rows + patch[1:, :placed] // cols
+        grid_col = tile_col * cols + patch[1:, :placed] % cols
+        on_grid = (grid_row * self.tiles[1] * cols + grid_col).flatten().argsort()
+        order = torch.cat(
+            [
+                cls_slots[:1],
+                slots[0],
+                slots[1:, :placed].flatten()[on_grid],
+                cls_slots[1:],
+                slots[1:, placed:].flatten(),
+            ]
+        )
+        return KeptImage(kept.embeddings[order], sources[order], placeholders, kept.pruning_flops)
+
+
 class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-NeXT (AnyRes): a base image plus tiles, each a CLIP crop (24 x 24 patches + [CLS] for ViT-L/14-336).
 
@@ -132,6 +208,12 @@ class LlavaNextAdapter(LlavaAdapter):
       its unpruned packed offset.
     - Images differ in size, so in packed length and layout: each image is pruned on its own. Merging strategies
       (pool) average vision features before the projector, within each grid.
+    - Per-crop strategies (:attr:`PruningStrategy.per_crop`: VisionZip, ``anyres=crops``) are pruned as their
+      released code runs: one group per image whose layout is one grid per crop (the base image and every padded
+      tile, nothing unpadded), each crop's [CLS] features handed over, each crop's budget share ``keep`` of its
+      patches; :meth:`CropPacking.arrange` then sends the crops' tokens in the released arrangement, with no
+      newlines (crops x kept-per-crop tokens in place of the prompt's placeholders). That arrangement has no
+      packed offsets: positions are ``compact`` only (``original`` is refused).
     Only ``vision_feature_select_strategy="default"`` with one integer feature layer is supported.
     """
 
@@ -170,6 +252,17 @@ class LlavaNextAdapter(LlavaAdapter):
             )
         return AnyresPacking(**vars(grid), sources=sources[grid.positions].long())
 
+    def crop_packing(self, crops: int, image_size: torch.Tensor) -> CropPacking:
+        """How an image with ``crops`` crops and original (height, width) size is pruned crop by crop."""
+        config = self.model.config
+        rows, cols = get_anyres_image_grid_shape(
+            image_size.tolist(), config.image_grid_pinpoints, config.vision_config.image_size
+        )
+        packing = CropPacking((int(rows), int(cols)), self.grid(), self.image_layout().has_cls)
+        if packing.crops != crops:
+            raise ConfigError(f"an AnyRes image of {rows} x {cols} tiles has {packing.crops} crops, got {crops}")
+        return packing
+
     def patch_view(self, batch: Mapping[str, torch.Tensor], image: int) -> tuple[torch.Tensor, tuple[int, int]] | None:
         return None  # base grid plus tiles: no single grid to draw on
 
@@ -181,6 +274,8 @@ class LlavaNextAdapter(LlavaAdapter):
         counts = self.crop_counts(image_sizes)
         if pixel_values.dim() == 5:  # (images, padded crops, C, H, W), as the processor returns it
             pixel_values = torch.cat([crops[:count] for crops, count in zip(pixel_values, counts, strict=True)])
+        if request.per_crop is not None:
+            return self.crop_groups(pixel_values, image_sizes, counts, request)
         features, attention = self.encode(pixel_values, request, self.image_layout())
         projector: nn.Module = self.model.model.multi_modal_projector
         newline: torch.Tensor = self.model.model.image_newline
@@ -202,12 +297,50 @@ class LlavaNextAdapter(LlavaAdapter):
             start += count
         return groups
 
+    def crop_groups(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, counts: list[int], request: PruningRequest
+    ) -> list[VisualGroup]:
+        """One group per image for a per-crop strategy: one grid per crop (its padded patches, [CLS] handed over
+        per crop where the strategy keeps it), the crops' tokens arranged afterwards (:meth:`CropPacking.arrange`)."""
+        if self.resolve_positions(request.positions) != "compact":
+            raise ConfigError(
+                "a strategy pruning LLaVA-NeXT crop by crop (strategy.anyres=crops) sends its tokens in an "
+                "arrangement with no packed offsets: reorder.positions must be 'compact' or 'auto', got "
+                f"{request.positions!r} (strategy.anyres=grids keeps the packed layout)"
+            )
+        assert request.per_crop is not None
+        layout = self.image_layout()
+        sequence, attention = self.encode_sequence(pixel_values, request, layout)
+        features = sequence[:, int(layout.has_cls) :]
+        projector: nn.Module = self.model.model.multi_modal_projector
+        groups: list[VisualGroup] = []
+        start = 0
+        for count, image_size in zip(counts, image_sizes, strict=True):
+            packing = self.crop_packing(count, image_size)
+            crops = slice(start, start + count)
+            cls = sequence[crops, 0][None] if request.cls and layout.has_cls else None
+            everything = torch.arange(count * layout.num_tokens, device=features.device)
+            placeholders = self.packing(count, image_size).length
+            groups.append(
+                VisualGroup(
+                    features[crops].flatten(0, 1)[None],
+                    None if attention is None else _take(attention, start, count, everything),
+                    packing.layout(),
+                    projector,
+                    placeholders,
+                    partial(packing.arrange, placeholders=placeholders, summaries=request.per_crop),
+                    cls_features=cls,
+                )
+            )
+            start += count
+        return groups
+
     def sample_costs(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
     ) -> list[SampleCost]:
         """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
-        grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens),
-        the LLM on the kept tokens with their newlines."""
+        grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens;
+        pruned per crop, every token sent, [CLS] included), the LLM on the kept tokens with their newlines."""
         config = self.model.config
         layout = self.image_layout()
         image_sizes = batch["image_sizes"]
@@ -217,10 +350,14 @@ class LlavaNextAdapter(LlavaAdapter):
         for sample in range(len(inputs.images_per_sample)):
             crops = projected = 0
             for kept in inputs.sample_images(sample):
-                packing = self.packing(counts[image], image_sizes[image])
-                grid_kept = int((~torch.isin(kept.indices, packing.newlines.to(kept.indices.device))).sum())
                 crops += counts[image]
-                projected += projector_tokens(request, packing.layout().num_tokens, grid_kept)
+                if request.per_crop is not None:  # every token sent was projected, the crops' [CLS] included
+                    crop_layout = self.crop_packing(counts[image], image_sizes[image]).layout()
+                    projected += projector_tokens(request, crop_layout.num_tokens, kept.count, request.cls)
+                else:
+                    packing = self.packing(counts[image], image_sizes[image])
+                    grid_kept = int((~torch.isin(kept.indices, packing.newlines.to(kept.indices.device))).sum())
+                    projected += projector_tokens(request, packing.layout().num_tokens, grid_kept)
                 image += 1
             base = llava_flops(
                 config,

@@ -39,7 +39,8 @@ def prune_images(
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
     it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any;
-    ``cls_features`` (I, 1, D) the images' [CLS] features, for strategies that keep [CLS] (``request.cls``). For
+    ``cls_features`` (I, G, D) the images' [CLS] features, one per grid of the layout where each grid is a crop
+    of its own (``request.per_crop``; else G = 1), for strategies that keep [CLS] (``request.cls``). For
     strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
     selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
     counts: each :class:`KeptImage` holds its own.
@@ -63,7 +64,7 @@ def prune_images(
             assert cls_features is not None
             chosen = torch.cat([cls_features.to(chosen.dtype).expand(chosen.shape[0], -1, -1), chosen], dim=1)
         embeddings = project(chosen)
-    lead = int(pruned.cls_first)
+    lead = cls_features.shape[1] if pruned.cls_first and cls_features is not None else 0
     counts = selection.kept_per_sample.tolist()
     # The merge product weights @ features: (k x N) @ (N x D) per image.
     merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0

@@ -68,9 +68,12 @@ def assemble_sequences(
             placeholders = placeholders[image.num_tokens :]
             images_per_sample[-1] += 1
             pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
-            kept_positions = sample_positions[:, start + image.indices]
-            if image.leading_cls:  # [CLS] precedes the patches in the tower's sequence: the span's first position
-                kept_positions = torch.cat([sample_positions[:, start : start + 1], kept_positions], dim=1)
+            if positions == "compact":  # renumbered 0..L-1 below: the indices need not name placeholders
+                kept_positions = sample_positions.new_zeros((sample_positions.shape[0], image.count))
+            else:
+                kept_positions = sample_positions[:, start + image.indices]
+                if image.leading_cls:  # [CLS] precedes the patches in the tower's sequence: the span's first position
+                    kept_positions = torch.cat([sample_positions[:, start : start + 1], kept_positions], dim=1)
             piece_positions += [sample_positions[:, cursor:start], kept_positions]
             piece_visual += [
                 ids.new_zeros(start - cursor, dtype=torch.bool),

@@ -36,7 +36,8 @@ class StrategyInputs:
         sample_keys: (B,) int64, which sample each row is (:func:`fopru.seeding.sample_key` of its id), so that
             random choices are seeded per sample, not by batch order; ``None`` outside an evaluation.
         cls_features: (B, 1, D) the [CLS] token's features at the layer ``features`` come from, in their space
-            (``keeps_cls``; only where the family hands it over: a single-grid tower with [CLS], as LLaVA-1.5's).
+            (``keeps_cls``; only where the family hands it over: a single-grid tower with [CLS], as LLaVA-1.5's), or
+            (B, G, D) one per grid where each grid is a crop of its own (``per_crop``, LLaVA-NeXT).
     """
 
     features: torch.Tensor | None = None
@@ -255,6 +256,10 @@ class PruningStrategy(ABC):
         ``keeps_cls``: keeps the [CLS] token itself as the first of its tokens where the family hands its features
             over (``StrategyInputs.cls_features``); it counts in the budget, and the selection then names the
             other tokens only. VisionZip's released code does this.
+        ``per_crop``: on multi-crop families (LLaVA-NeXT's base image and tiles) the strategy runs on every crop's
+            whole grid on its own, as its released code does, and the family assembles the crops' tokens in the
+            released arrangement: each crop's first tokens sit at their grid positions, its last
+            :meth:`summaries` tokens are summaries appended after them.
         ``keeps``: what a span keeps of its budget share ``budget.count(size, num_tokens)``: ``"exact"``
             (default) exactly that many tokens; ``"at_most"`` no more (an even lattice, an adaptive count);
             ``"rows"`` the share counts grid rows, not tokens; ``"all"`` every token, whatever the budget.
@@ -272,6 +277,7 @@ class PruningStrategy(ABC):
     keeps: ClassVar[Literal["exact", "at_most", "rows", "all"]] = "exact"
     averages: bool = True
     keeps_cls: bool = False
+    per_crop: bool = False
 
     @property
     def per_span(self) -> bool:
@@ -319,6 +325,11 @@ class PruningStrategy(ABC):
         if all(part.weights is None for _, _, part in parts):
             return Selection(indices, flops=flops)
         return Selection(indices, _block_weights(parts, layout.num_tokens, indices.shape[1]), flops=flops)
+
+    def summaries(self, count: int) -> int:
+        """Of a span's ``count`` output tokens ([CLS] included where it is kept), how many trailing ones are
+        summaries at no grid position of their own (VisionZip's contextual tokens); none by default."""
+        return 0
 
     @abstractmethod
     def select_span(

@@ -2,14 +2,16 @@
 
 Follows the authors' released code, github.com/dvlab-research/VisionZip (Apache-2.0): ``visionzip/clip_encoder.py``
 (``CLIPVisionTower_VisionZip.forward``: dominant and contextual tokens) and ``visionzip/utils.py``
-(``CLIPAttention_forward``: the keys averaged over heads that similarity is measured on). Re-expressed here, no code
-copied.
+(``CLIPAttention_forward``: the keys averaged over heads that similarity is measured on), and, on LLaVA-NeXT,
+``visionzip/llava_arch.py`` (``prepare_inputs_labels_for_multimodal_visionzip``, ``restore_image_features_sorted``:
+every crop pruned on its own, the crops' tokens arranged as released). Re-expressed here, no code copied.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -19,8 +21,11 @@ from fopru.strategies.base import KEY_HEADS, KeyHeads, PruningStrategy, Selectio
 
 ContextualMerge = Literal["sum", "mean"]
 CONTEXTUAL_MERGES: tuple[str, ...] = ("sum", "mean")
+Anyres = Literal["crops", "grids"]
+ANYRES: tuple[str, ...] = ("crops", "grids")
 
 
+@dataclass(frozen=True)
 class VisionZipStrategy(PruningStrategy):
     """Dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
 
@@ -41,43 +46,69 @@ class VisionZipStrategy(PruningStrategy):
     - ``dominant`` defaults to 54 / 64 = 0.84375, the released split (54 + 10 = 64, 108 + 20, 162 + 30).
     - [CLS]: the released code keeps the [CLS] token itself as one of the d dominant tokens (``dominant=54`` there
       means [CLS] + 53 patches; ``keep_cls=true``, the default). Where the family hands the [CLS] features over
-      (single-grid CLIP towers: LLaVA-1.5, the embedded model) the selection names d - 1 dominant patches and
-      [CLS] goes first (:attr:`PruningStrategy.keeps_cls`); elsewhere (no [CLS], or LLaVA-NeXT's packed grids) all
-      d dominant tokens are patches, as with ``keep_cls=false``.
+      (single-grid CLIP towers: LLaVA-1.5, the embedded model; every crop of LLaVA-NeXT with ``anyres=crops``) the
+      selection names d - 1 dominant patches and [CLS] goes first (:attr:`PruningStrategy.keeps_cls`); elsewhere
+      (no [CLS], or LLaVA-NeXT with ``anyres=grids``) all d dominant tokens are patches, as with ``keep_cls=false``.
     - Output order, as the released code emits it: [CLS], the dominant patches in raster order, then the contextual
       ones in the raster order of their targets (``method=visionzip`` keeps this order: ``reorder=none``; other
       reorder policies order the patches and contextual tokens, [CLS] stays first).
-    - LLaVA-NeXT: every grid of the layout (base image, unpadded tile grid) gets its own dominant/contextual split.
+    - LLaVA-NeXT, ``anyres=crops`` (default, the released code): every crop (the base image and each tile, padded
+      tiles, before unpadding) runs VisionZip on its own whole grid, with its own [CLS] and the same budget
+      (``keep`` of each crop's patches, split as above): :attr:`PruningStrategy.per_crop`. The adapter then sends,
+      as released: the base crop's tokens as emitted; the tiles' dominant patches placed back on the tiled grid
+      (tiles arranged as AnyRes arranges them, no unpadding, no newlines) in its raster order; the tiles' [CLS]
+      tokens; the tiles' contextual tokens, tile by tile. Positions are compact only. ``anyres=grids``: each grid of
+      the unpadded packed layout (base image, tile grid) gets its own dominant/contextual split, with the image
+      newlines, no [CLS].
     """
 
-    merges = True
-    needs_attention = True
+    merges: ClassVar[bool] = True
+    needs_attention: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        dominant: float = 0.84375,
-        contextual_merge: ContextualMerge = "sum",
-        keys: KeyHeads = "mean",
-        keep_cls: bool = True,
-    ) -> None:
+    dominant: float = 0.84375
+    contextual_merge: ContextualMerge = "sum"
+    keys: KeyHeads = "mean"
+    keep_cls: bool = True
+    anyres: Anyres = "crops"
+
+    def __post_init__(self) -> None:
+        dominant = self.dominant
         if isinstance(dominant, bool) or not isinstance(dominant, int | float) or not 0 < dominant <= 1:
             raise ConfigError(f"dominant={dominant!r} must be the dominant share of the budget, in (0, 1]")
-        if contextual_merge not in CONTEXTUAL_MERGES:
-            raise ConfigError(f"contextual_merge={contextual_merge!r} is not one of {list(CONTEXTUAL_MERGES)}")
-        if keys not in KEY_HEADS:
-            raise ConfigError(f"keys={keys!r} is not one of {list(KEY_HEADS)}")
-        self.dominant = float(dominant)
-        self.contextual_merge = contextual_merge
-        self.averages = contextual_merge == "mean"
-        self.keys = keys
-        if not isinstance(keep_cls, bool):
-            raise ConfigError(f"keep_cls={keep_cls!r} must be true or false")
-        self.keeps_cls = keep_cls
+        object.__setattr__(self, "dominant", float(dominant))
+        if self.contextual_merge not in CONTEXTUAL_MERGES:
+            raise ConfigError(f"contextual_merge={self.contextual_merge!r} is not one of {list(CONTEXTUAL_MERGES)}")
+        if self.keys not in KEY_HEADS:
+            raise ConfigError(f"keys={self.keys!r} is not one of {list(KEY_HEADS)}")
+        if not isinstance(self.keep_cls, bool):
+            raise ConfigError(f"keep_cls={self.keep_cls!r} must be true or false")
+        if self.anyres not in ANYRES:
+            raise ConfigError(f"anyres={self.anyres!r} is not one of {list(ANYRES)}")
+
+    # The base's flags stay writable for strategies that set them in their own __init__.
+    @property
+    def averages(self) -> bool:  # type: ignore[override]
+        """Weight rows sum to 1 only for the paper's reading (plain mean of target and members)."""
+        return self.contextual_merge == "mean"
+
+    @property
+    def keeps_cls(self) -> bool:  # type: ignore[override]
+        """[CLS] is one of the dominant tokens (the released code)."""
+        return self.keep_cls
+
+    @property
+    def per_crop(self) -> bool:  # type: ignore[override]
+        """Every crop of a multi-crop image is pruned on its own (the released code on LLaVA-NeXT)."""
+        return self.anyres == "crops"
 
     def split(self, count: int) -> tuple[int, int]:
         """(dominant, contextual) token counts of a budget of ``count`` tokens."""
         dominant = min(count, max(1, math.floor(self.dominant * count + 0.5)))
         return dominant, count - dominant
+
+    def summaries(self, count: int) -> int:
+        """The contextual tokens of a span's ``count`` tokens: they follow the dominant ones."""
+        return self.split(count)[1]
 
     def select_span(
         self, significance: torch.Tensor, grid: Grid | None, budget: Budget, num_tokens: int, inputs: StrategyInputs

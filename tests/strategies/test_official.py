@@ -17,6 +17,8 @@ from hydra import compose, initialize_config_dir
 
 from fopru.components import CONFIG_DIR
 from fopru.layout import Budget, VisualLayout
+from fopru.models.inputs import KeptImage
+from fopru.models.llava_next import CropPacking
 from fopru.pipeline import PruningPipeline
 from fopru.significance.attention import AttentionSummary, summarize_query_key
 from fopru.strategies import (
@@ -146,7 +148,12 @@ def stable_top(values: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def visionzip_released(
-    cls: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor, dominant_num: int, contextual_num: int
+    cls: torch.Tensor,
+    keys: torch.Tensor,
+    hidden: torch.Tensor,
+    dominant_num: int,
+    contextual_num: int,
+    heads: int = HEADS,
 ) -> tuple[list[int], torch.Tensor]:
     """One image: (kept patch positions in output order, output tokens). ``dominant_num`` counts patches only
     (the released code adds [CLS] on top of them)."""
@@ -155,7 +162,7 @@ def visionzip_released(
     mask = torch.ones(size, dtype=torch.bool)
     mask[topk_indices] = False  # True: not dominant
     dominant_tokens = hidden[~mask]  # masked_select: raster order
-    metric = keys.view(size, HEADS, -1).mean(dim=1)  # raw_key_states.mean(1)
+    metric = keys.view(size, heads, -1).mean(dim=1)  # raw_key_states.mean(1)
     metric_filtered = metric[mask]
     hidden_filtered = hidden[mask]
     metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
@@ -262,6 +269,70 @@ def test_visionzip_keeps_cls_as_a_dominant_token_as_released(seed: int, keep_tok
     assert not without.cls_first and without.selection.kept == keep_tokens
     positions, _ = visionzip_released(cls[0], patch_keys[0], patches[0], dominant, contextual)
     assert without.selection.indices[0].tolist() == positions
+
+
+def visionzip_released_anyres(
+    crop_tokens: torch.Tensor, keep_idx: torch.Tensor, width: int, height: int, crop: tuple[int, int]
+) -> torch.Tensor:
+    """One LLaVA-NeXT image as the released code sends it (``visionzip/llava_arch.py``:
+    ``prepare_inputs_labels_for_multimodal_visionzip`` and ``restore_image_features_sorted``, its 24 x 24 crop
+    written ``crop``). ``crop_tokens`` (C, 1 + dominant + contextual, D): every crop's VisionZip output, base crop
+    first ([CLS], dominant patches in raster order, contextual); ``keep_idx`` (C, 1 + dominant) the tower-sequence
+    indices each crop kept ([CLS] is 0); ``width`` x ``height`` tiles."""
+    base_image_feature, image_feature, cur_keep_idx = crop_tokens[0], crop_tokens[1:], keep_idx[1:]
+    num_img, total_patches, feature_dim = image_feature.shape
+    num_keep = cur_keep_idx.shape[1]
+    num_extra = total_patches - num_keep
+    restore = cur_keep_idx.sort(dim=1).values[:, 1:] - 1
+    rows, cols = crop
+    restored = torch.zeros(num_img, rows * cols, feature_dim)
+    mask = torch.zeros(num_img, rows * cols, dtype=torch.bool)
+    mask.scatter_(1, restore, True)
+    restored[mask] = image_feature[:, 1:num_keep, :].reshape(-1, feature_dim)
+    restored = restored.view(height, width, rows, cols, feature_dim).permute(0, 2, 1, 3, 4).contiguous()
+    restored = restored.view(height * rows, width * cols, feature_dim)  # no newline column: computed, unused
+    mask = mask.view(height, width, rows, cols).permute(0, 2, 1, 3).contiguous().view(height * rows, width * cols)
+    selected = restored[mask]
+    cls_merge = image_feature[:, 0]
+    raw_merge = image_feature[:, -num_extra:].reshape(-1, feature_dim)
+    return torch.cat([base_image_feature, torch.cat([selected, cls_merge, raw_merge])])
+
+
+@pytest.mark.parametrize(("tiles", "seed"), [((1, 2), 0), ((2, 1), 1), ((1, 2), 2)])
+def test_visionzip_arranges_llava_next_crops_as_released(tiles: tuple[int, int], seed: int) -> None:
+    # Crops of 3 x 3 patches; each keeps [CLS], 3 dominant patches and 2 contextual tokens. A token's vector
+    # is (its place in the crops' tower sequences, 1 for a contextual token), so order and values are both checked.
+    crops, patches, dominant, contextual = 1 + tiles[0] * tiles[1], 9, 3, 2
+    generator = torch.Generator().manual_seed(seed)
+    released, keep_idx, body, indices = [], [], [], []
+    for crop in range(crops):
+        shuffled = torch.randperm(patches, generator=generator)
+        chosen = shuffled[:dominant].sort().values
+        targets = shuffled[dominant : dominant + contextual].sort().values
+        place = crop * (1 + patches)
+        dominant_tokens = torch.stack([place + 1 + chosen, torch.zeros(dominant)], dim=1).float()
+        contextual_tokens = torch.stack([place + 1 + targets, torch.ones(contextual)], dim=1).float()
+        cls_token = torch.tensor([[place, 0.0]])
+        released.append(torch.cat([cls_token, dominant_tokens, contextual_tokens]))
+        keep_idx.append(torch.cat([torch.zeros(1, dtype=torch.long), chosen + 1]))
+        body.append(torch.cat([dominant_tokens, contextual_tokens]))
+        indices.append(crop * patches + torch.cat([chosen, targets]))
+    # What the shared pruning step hands over: every crop's [CLS] first, then each crop's tokens in turn.
+    cls_tokens = torch.stack([tokens[0] for tokens in released])
+    kept = KeptImage(torch.cat([cls_tokens, *body]), torch.cat(indices), 999, leading_cls=True)
+    packing = CropPacking(tiles, (3, 3))
+    assert packing.layout().grids == ((3, 3),) * crops
+    assert VisionZipStrategy().summaries(dominant + 1 + contextual) == 1  # the strategy's own split: 0.84375 * 6
+    arranged = packing.arrange(kept, placeholders=40, summaries=lambda count: contextual)
+    expected = visionzip_released_anyres(torch.stack(released), torch.stack(keep_idx), tiles[1], tiles[0], (3, 3))
+    assert arranged.num_tokens == 40 and not arranged.leading_cls and arranged.count == crops * 6
+    torch.testing.assert_close(arranged.embeddings, expected)
+    assert arranged.indices.tolist() == expected[:, 0].long().tolist()
+    # The tiles' dominant patches follow the tiled grid's raster order, not tile by tile.
+    tile_major = torch.cat([tokens[1 : 1 + dominant, 0] for tokens in released[1:]])
+    grid_order = expected[6 : 6 + dominant * (crops - 1), 0]
+    assert sorted(tile_major.tolist()) == sorted(grid_order.tolist())
+    assert torch.equal(tile_major, grid_order) == (tiles == (2, 1))  # side by side, the tiles' rows interleave
 
 
 def method_pipeline(method: str) -> PruningPipeline:

@@ -27,12 +27,15 @@ class KeptImage:
         num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
         pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
             and the merge product; the tap and the projector are counted by the adapter).
+        deepstack: per DeepStack level, the (k, D) features that enter the language model's early layers at these
+            tokens (Qwen3-VL), selected and ordered exactly as ``embeddings``; empty for other families.
     """
 
     embeddings: torch.Tensor
     indices: torch.Tensor
     num_tokens: int
     pruning_flops: int = 0
+    deepstack: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class LanguageInputs:
         images_per_sample: how many of ``images`` belong to each sample, in order.
         visual_mask: (B, L) bool, True where a visual token sits (in-LLM pruning drops only those); ``None`` when
             the inputs were built by hand.
+        deepstack: per DeepStack level i, (B, L, D) features added to the output of language layer i at the visual
+            positions (Qwen3-VL), zero elsewhere; empty for other families.
     """
 
     inputs_embeds: torch.Tensor
@@ -57,6 +62,7 @@ class LanguageInputs:
     images: tuple[KeptImage, ...]
     images_per_sample: tuple[int, ...]
     visual_mask: torch.Tensor | None = None
+    deepstack: tuple[torch.Tensor, ...] = ()
 
     @property
     def text_tokens(self) -> torch.Tensor:
@@ -112,6 +118,8 @@ class VisualGroup:
         placeholders: each image's placeholder count in the prompt (N, or more where the family adds tokens).
         finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines);
             ``None`` where kept tokens index the placeholders directly.
+        deepstack: per DeepStack level, (I, N, D) features of the same N tokens, already in the language model's
+            width (Qwen3-VL); pruning selects (or merges) them exactly as ``features``. Empty for other families.
     """
 
     features: torch.Tensor
@@ -120,6 +128,7 @@ class VisualGroup:
     project: Callable[[torch.Tensor], torch.Tensor]
     placeholders: int
     finish: Callable[[KeptImage], KeptImage] | None = None
+    deepstack: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(frozen=True)

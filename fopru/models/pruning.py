@@ -33,11 +33,13 @@ def prune_images(
     project: Callable[[torch.Tensor], torch.Tensor],
     text: tuple[torch.Tensor, torch.Tensor] | None = None,
     sample_keys: torch.Tensor | None = None,
+    deepstack: tuple[torch.Tensor, ...] = (),
 ) -> list[KeptImage]:
     """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
-    it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any. For
+    it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any;
+    ``deepstack`` the (I, N, D) DeepStack levels, which follow the selection (or merge) of ``features``. For
     strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
     selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
     counts: each :class:`KeptImage` holds its own.
@@ -55,15 +57,18 @@ def prune_images(
         embeddings = selection.gather(projected)
     else:
         embeddings = project(selection.gather(features))
+    deep = tuple(selection.gather(level) for level in deepstack)
     counts = selection.kept_per_sample.tolist()
-    # The merge product weights @ features: (k x N) @ (N x D) per image.
-    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
+    # The merge product weights @ features: (k x N) @ (N x D) per image, and once more per DeepStack level.
+    width = features.shape[-1] + sum(level.shape[-1] for level in deepstack)
+    merge = 2 * layout.num_tokens * width if selection.weights is not None else 0
     return [
         KeptImage(
             embeddings[image, :count],
             selection.indices[image, :count],
             layout.num_tokens,
             selection.flops + merge * count,
+            tuple(level[image, :count] for level in deep),
         )
         for image, count in enumerate(counts)
     ]

@@ -1,0 +1,302 @@
+"""Qwen3-VL adapter on the tiny seeded model and at the real checkpoints' structure, against stock transformers:
+the tapped block's attention recomputed, DeepStack features pruned exactly as the merged tokens, and the pruned
+prompt against the stock language model fed by hand (kept tokens and kept DeepStack features at the kept
+positions)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+from fopru.components import CONFIG_DIR, choices, load
+from fopru.efficiency import counted_flops
+from fopru.models.inputs import Generation
+from fopru.models.qwen3_vl import ImageOnlyQwen3VLProcessor, Qwen3VLAdapter
+from fopru.models.tiny.qwen2_vl import special_token_ids
+from fopru.models.tiny.qwen3_vl import DEEPSTACK_LAYERS, text_config
+from fopru.models.word_tokenizer import word_tokenizer
+from fopru.pipeline import PruningPipeline
+from fopru.reorder.base import ReorderPolicy
+from fopru.significance.sources import FocalSignificance
+from tests.models.conftest import example_batch, make_pipeline
+from tests.models.test_qwen2_vl import expected_received
+
+NAME = "tiny_qwen3_vl"
+
+
+@pytest.fixture(scope="module")
+def adapter() -> Qwen3VLAdapter:
+    built = instantiate(OmegaConf.load(CONFIG_DIR / "model" / f"{NAME}.yaml"))
+    assert isinstance(built, Qwen3VLAdapter)
+    built.load()
+    return built
+
+
+def pipeline(strategy: str = "none", keep: float = 1.0, reorder: str = "original") -> PruningPipeline:
+    built = make_pipeline(strategy, keep=keep, positions="original")
+    order = load("reorder", reorder, ReorderPolicy)
+    return PruningPipeline(built.significance, built.strategy, order, built.budget)
+
+
+def stock_features(adapter: Qwen3VLAdapter, batch: Mapping[str, torch.Tensor]) -> tuple[Any, list[Any]]:
+    """The stock vision output: per image its merged tokens, and per image its DeepStack levels."""
+    with torch.no_grad():
+        output: Any = adapter.model.get_image_features(
+            pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]
+        )
+    levels = output.deepstack_features
+    per_image = [[level[image] for level in levels] for image in range(len(output.pooler_output))]
+    return output.pooler_output, per_image
+
+
+def hand_fed_logits(
+    adapter: Qwen3VLAdapter, batch: Mapping[str, torch.Tensor], kept: torch.Tensor, deepstack: bool = True
+) -> torch.Tensor:
+    """The stock language model on one sample's prompt built by hand: text embeddings, the stock merged tokens
+    ``kept`` (in that order) in the image's place, their stock M-RoPE positions, and (``deepstack``) the stock
+    DeepStack features of the same tokens injected at those positions."""
+    model = adapter.model
+    merged, levels = stock_features(adapter, batch)
+    ids = batch["input_ids"][0]
+    placeholders = (ids == model.config.image_token_id).nonzero().flatten()
+    start, stop = int(placeholders[0]), int(placeholders[-1]) + 1
+    assert stop - start == merged[0].shape[0]
+    with torch.no_grad():
+        text = model.get_input_embeddings()(ids)
+        embeds = torch.cat([text[:start], merged[0][kept], text[stop:]])[None]
+        columns = torch.cat([torch.arange(start), start + kept, torch.arange(stop, ids.shape[0])])
+        positions, _ = model.model.get_rope_index(
+            input_ids=batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"],
+        )
+        visual = torch.zeros(1, embeds.shape[1], dtype=torch.bool)
+        visual[0, start : start + kept.shape[0]] = True
+        injected: dict[str, Any] = {}
+        if deepstack:
+            injected = {"visual_pos_masks": visual, "deepstack_visual_embeds": [level[kept] for level in levels[0]]}
+        hidden = model.model.language_model(
+            inputs_embeds=embeds,
+            position_ids=torch.as_tensor(positions)[:, :, columns],
+            attention_mask=torch.ones_like(columns)[None],
+            **injected,
+        ).last_hidden_state
+        logits: torch.Tensor = model.lm_head(hidden)
+    return logits
+
+
+# -- the tap -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [None, 1])
+def test_tapped_significance_equals_a_recomputation(adapter: Qwen3VLAdapter, layer: int | None) -> None:
+    """The default tap is the last block (3 of 4); its pooled received attention equals softmax(q k^T / sqrt(d))
+    recomputed from the block's input, projections and rotary angles, summed over each 2 x 2 merge block."""
+    batch = example_batch(NAME, adapter, [0, 1])
+    source = FocalSignificance(layer=layer)
+    _, summaries = adapter.encode_images(batch, source)
+    assert summaries is not None
+    tapped = adapter.tap_index(source)
+    assert tapped == (3 if layer is None else layer)
+    for summary, expected in zip(summaries, expected_received(adapter, batch, tapped), strict=True):
+        torch.testing.assert_close(summary.received, expected)
+        assert summary.cls is None
+
+
+# -- DeepStack ---------------------------------------------------------------------------------------------------
+def test_the_fixture_has_deepstack_levels_the_stock_model_injects(adapter: Qwen3VLAdapter) -> None:
+    """DeepStack is live in the tiny model: the stock forward differs without its features."""
+    assert adapter.deepstack_layers() == list(DEEPSTACK_LAYERS)
+    batch = example_batch(NAME, adapter, [0])
+    everything = torch.arange(int((batch["input_ids"] == adapter.model.config.image_token_id).sum()))
+    with torch.no_grad():
+        stock = adapter.model(**batch).logits
+    torch.testing.assert_close(hand_fed_logits(adapter, batch, everything), stock)
+    assert not torch.allclose(hand_fed_logits(adapter, batch, everything, deepstack=False), stock, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "keep", "reorder"),
+    [("rank", 0.25, "original"), ("row", 0.5, "original"), ("rank", 0.3, "significance")],
+)
+def test_pruned_prefill_equals_the_stock_language_model_fed_by_hand(
+    adapter: Qwen3VLAdapter, strategy: str, keep: float, reorder: str
+) -> None:
+    """Kept merged tokens and kept DeepStack features, the same tokens in the same order (significance order too),
+    at the kept tokens' original M-RoPE positions: the logits equal the stock language model's."""
+    batch = example_batch(NAME, adapter, [1])
+    inputs = adapter.prefill_inputs(batch, pipeline(strategy, keep, reorder))
+    kept = inputs.images[0].indices
+    assert kept.shape[0] < inputs.images[0].num_tokens
+    if reorder == "original":
+        assert torch.equal(kept, kept.sort().values)
+    else:
+        assert not torch.equal(kept, kept.sort().values)
+    ours = adapter.prefill_logits(inputs)
+    torch.testing.assert_close(ours, hand_fed_logits(adapter, batch, kept))
+    # The check can fail: without DeepStack, or with the DeepStack features of the tokens in another order.
+    assert not torch.allclose(ours, hand_fed_logits(adapter, batch, kept, deepstack=False), atol=1e-3)
+    assert inputs.visual_mask is not None
+    reversed_levels = []
+    for level in inputs.deepstack:
+        swapped = level.clone()
+        swapped[inputs.visual_mask] = level[inputs.visual_mask].flip(0)
+        reversed_levels.append(swapped)
+    shuffled = replace(inputs, deepstack=tuple(reversed_levels))
+    assert not torch.allclose(ours, adapter.prefill_logits(shuffled), atol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", choices("strategy"))
+def test_every_strategy_carries_the_deepstack_features_of_its_tokens(adapter: Qwen3VLAdapter, strategy: str) -> None:
+    """Whatever the strategy does (select, or merge with weights), each kept token's DeepStack features are the same
+    combination of the image's DeepStack features as its embedding is of the merged tokens: W = kept @ pinv(merged)
+    reproduces the kept embeddings and, applied to every level, the kept DeepStack features (checked where W is
+    unique); the batch's second image is pruned alongside."""
+    significance = {"pool": "norm", "divprune": "norm", "prumerge": "uniform", "vispruner": "norm"}.get(strategy)
+    built = make_pipeline(strategy, keep=0.25, significance=significance or "focal", positions="original")
+    batch = example_batch(NAME, adapter, [0, 1])
+    inputs = adapter.prefill_inputs(batch, built)
+    merged, levels = stock_features(adapter, batch)
+    assert len(inputs.deepstack) == len(DEEPSTACK_LAYERS)
+    assert inputs.visual_mask is not None
+    # W is unique where the merged tokens are linearly independent: the 7 x 7 image's 49 tokens in 64 dimensions.
+    tokens = merged[0].double()
+    assert int(torch.linalg.matrix_rank(tokens)) == tokens.shape[0]
+    for image, kept in enumerate(inputs.images[:1]):
+        weights = kept.embeddings.double() @ torch.linalg.pinv(tokens)
+        torch.testing.assert_close(weights @ tokens, kept.embeddings.double(), rtol=1e-4, atol=1e-5)
+        assert len(kept.deepstack) == len(DEEPSTACK_LAYERS)
+        for level, features in zip(levels[image], kept.deepstack, strict=True):
+            torch.testing.assert_close(weights @ level.double(), features.double(), rtol=1e-4, atol=1e-5)
+    # The assembled levels hold the kept features at the visual positions, sample by sample, zero elsewhere.
+    for number, dense in enumerate(inputs.deepstack):
+        expected = torch.cat([image.deepstack[number] for image in inputs.images])
+        torch.testing.assert_close(dense[inputs.visual_mask], expected)
+        assert not bool(dense[~inputs.visual_mask].any())
+
+
+def test_kv_cache_holds_text_and_kept_tokens(adapter: Qwen3VLAdapter) -> None:
+    batch = example_batch(NAME, adapter, [0])
+    generation = adapter.generate(batch, pipeline("rank", 0.25), max_new_tokens=2)
+    assert generation.inputs.visual_tokens.tolist() == [12]  # floor(0.25 * 49)
+    text = int((batch["input_ids"] != adapter.model.config.image_token_id).sum())
+    assert generation.prompt_cache_length == text + 12
+    assert all(level.shape[1] == text + 12 for level in generation.inputs.deepstack)
+
+
+@pytest.mark.parametrize("strategy", ["rank", "pool"])
+def test_analytic_flops_equal_a_counted_pruned_generation(adapter: Qwen3VLAdapter, strategy: str) -> None:
+    """The vision tower with its DeepStack mergers, a merging strategy's products on every DeepStack level, the
+    language model: the analytic FLOPs equal FlopCounterMode's."""
+    built = make_pipeline(strategy, keep=0.25, significance="norm" if strategy == "pool" else "focal")
+    built = PruningPipeline(built.significance, built.strategy, pipeline().reorder, built.budget)
+    batch = example_batch(NAME, adapter, [1])
+    generations: list[Generation] = []
+    counted = counted_flops(lambda: generations.append(adapter.generate(batch, built, max_new_tokens=2)))
+    [breakdown] = adapter.flops(batch, generations[0].inputs, built)
+    assert breakdown.total(generations[0].tokens.shape[1]) == counted
+
+
+# -- the real checkpoints' structure -------------------------------------------------------------------------------
+#: Qwen/Qwen3-VL-2B-Instruct's structural settings (config.json and preprocessor_config.json as quoted in public
+#: repositories; they agree with transformers' Qwen3VLVisionConfig defaults where those are the 2B's), at small widths.
+REAL_VISION = {
+    "depth": 24,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 2304,
+    "deepstack_visual_indexes": [5, 11, 17],
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 64,
+}
+REAL_PROCESSOR = {
+    "patch_size": 16,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 32, least: int = 65536, most: int = 16777216
+) -> tuple[int, int]:
+    """Qwen's resizing rule written out: both sides rounded to multiples of patch * merge = 32 pixels, the area
+    brought within [shortest_edge, longest_edge] pixels keeping the aspect ratio."""
+    import math
+
+    rows, cols = round(height / factor) * factor, round(width / factor) * factor
+    if rows * cols > most:
+        beta = math.sqrt(height * width / most)
+        rows, cols = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif rows * cols < least:
+        beta = math.sqrt(least / (height * width))
+        rows, cols = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return rows, cols
+
+
+@pytest.fixture(scope="module")
+def real_structure(tmp_path_factory: pytest.TempPathFactory) -> Qwen3VLAdapter:
+    folder = tmp_path_factory.mktemp("qwen3_vl_real_structure")
+    tokenizer = word_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
+    text = {**text_config(tokenizer), "num_hidden_layers": 4}  # 3 DeepStack levels reach layers 0, 1, 2
+    config = Qwen3VLConfig(text_config=text, vision_config=REAL_VISION, **special_token_ids(tokenizer))
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    processor = ImageOnlyQwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(**REAL_PROCESSOR), tokenizer=tokenizer
+    )
+    processor.save_pretrained(folder)
+    built = Qwen3VLAdapter(str(folder))
+    built.load()
+    return built
+
+
+def photo(name: str) -> Image.Image:
+    """A photo of scikit-image's sample data (``skimage.data``), read from the package's own files."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-image is not installed (pip install -e '.[dev]'); its sample photos are needed")
+    [path] = sorted((Path(spec.origin).parent / "data").glob(f"{name}.*"))
+    return Image.open(path).convert("RGB")
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_real_structure_on_real_photos(real_structure: Qwen3VLAdapter, name: str) -> None:
+    """24 blocks, patch 16, 48 x 48 learned positions, DeepStack from blocks 5, 11, 17, the checkpoints' processor
+    settings, a real photo: the grid follows the resizing rule, the default tap (block 23) equals a recomputation,
+    keep-all equals the stock model and a pruned prompt equals the stock language model fed by hand."""
+    adapter = real_structure
+    image = photo(name)
+    prompt = "USER : <|vision_start|><|image_pad|><|vision_end|> what is in this image ? ASSISTANT :"
+    batch = adapter.prepare([image], [prompt])
+    rows, cols = smart_resize(image.height, image.width)
+    assert batch["image_grid_thw"].tolist() == [[1, rows // 16, cols // 16]]
+    assert adapter.tap_index(FocalSignificance()) == 23
+    _, summaries = adapter.encode_images(batch, FocalSignificance())
+    assert summaries is not None
+    [expected] = expected_received(adapter, batch, 23)
+    torch.testing.assert_close(summaries[0].received, expected)
+    with torch.no_grad():
+        stock = adapter.model(**batch).logits
+    torch.testing.assert_close(adapter.prefill_logits(adapter.prefill_inputs(batch, pipeline())), stock)
+    inputs = adapter.prefill_inputs(batch, pipeline("rank", 0.1))
+    assert len(inputs.deepstack) == 3
+    torch.testing.assert_close(
+        adapter.prefill_logits(inputs), hand_fed_logits(adapter, batch, inputs.images[0].indices)
+    )

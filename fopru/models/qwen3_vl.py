@@ -17,13 +17,20 @@ frame timestamps are not supported.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
 from fopru.models.inputs import LanguageInputs
 from fopru.models.qwen2_vl import Qwen2VLAdapter
+from fopru.significance.attention import AttentionSummary
+
+if TYPE_CHECKING:
+    from fopru.pipeline import PruningRequest
+    from fopru.significance.base import SignificanceSource
 
 
 class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
@@ -60,6 +67,15 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     def deepstack_layers(self) -> list[int]:
         """The vision blocks whose outputs feed the DeepStack levels, in level order."""
         return [int(index) for index in self.model.config.vision_config.deepstack_visual_indexes]
+
+    def run_vision(
+        self, batch: Mapping[str, torch.Tensor], source: PruningRequest | SignificanceSource
+    ) -> tuple[Any, list[AttentionSummary] | None]:
+        output, summaries = super().run_vision(batch, source)
+        if isinstance(output, tuple) and len(output) == 2:
+            # Releases whose get_image_features returns (merged tokens, DeepStack levels) rather than an output.
+            output = SimpleNamespace(pooler_output=output[0], deepstack_features=output[1])
+        return output, summaries
 
     def image_deepstack(self, output: Any, grid_thw: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """Per image, its (n_i, D) feature of every DeepStack level (``get_image_features``' per-level splits)."""

@@ -184,6 +184,27 @@ def test_every_strategy_carries_the_deepstack_features_of_its_tokens(adapter: Qw
         assert not bool(dense[~inputs.visual_mask].any())
 
 
+def test_a_tuple_of_merged_tokens_and_levels_from_the_vision_tower_prunes_alike(
+    adapter: Qwen3VLAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Releases whose ``get_image_features`` returns (merged tokens, DeepStack levels), unsplit, give the same
+    prompt as the output object of this one."""
+    batch = example_batch(NAME, adapter, [0, 1])
+    built = pipeline("rank", 0.25)
+    expected = adapter.prefill_inputs(batch, built)
+    stock = adapter.model.model.get_image_features
+
+    def as_tuple(**kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        output = stock(**kwargs)
+        return torch.cat(output.pooler_output), [torch.cat(level) for level in output.deepstack_features]
+
+    monkeypatch.setattr(adapter.model.model, "get_image_features", as_tuple)
+    inputs = adapter.prefill_inputs(batch, built)
+    torch.testing.assert_close(inputs.inputs_embeds, expected.inputs_embeds)
+    for ours, theirs in zip(inputs.deepstack, expected.deepstack, strict=True):
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_kv_cache_holds_text_and_kept_tokens(adapter: Qwen3VLAdapter) -> None:
     batch = example_batch(NAME, adapter, [0])
     generation = adapter.generate(batch, pipeline("rank", 0.25), max_new_tokens=2)

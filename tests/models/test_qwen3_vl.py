@@ -228,20 +228,23 @@ def test_analytic_flops_equal_a_counted_pruned_generation(adapter: Qwen3VLAdapte
 
 
 # -- the real checkpoints' structure -------------------------------------------------------------------------------
-#: Qwen/Qwen3-VL-2B-Instruct's structural settings (config.json and preprocessor_config.json as quoted in public
-#: repositories; they agree with transformers' Qwen3VLVisionConfig defaults where those are the 2B's), at small widths.
-REAL_VISION = {
-    "depth": 24,
+#: The structural settings of the checkpoints' vision towers (their config.json as quoted in public repositories; the
+#: 8B's equal transformers' Qwen3VLVisionConfig defaults), at small widths: 2B and 4B share theirs.
+STRUCTURES = {
+    "2B": {"depth": 24, "deepstack_visual_indexes": [5, 11, 17]},
+    "8B": {"depth": 27, "deepstack_visual_indexes": [8, 16, 24]},
+}
+SMALL_VISION = {
     "patch_size": 16,
     "spatial_merge_size": 2,
     "temporal_patch_size": 2,
-    "num_position_embeddings": 2304,
-    "deepstack_visual_indexes": [5, 11, 17],
+    "num_position_embeddings": 2304,  # a 48 x 48 learned grid, interpolated to each image's
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_heads": 2,
     "out_hidden_size": 64,
 }
+#: The checkpoints' preprocessor_config.json (Qwen2VLImageProcessor settings), as quoted in public repositories.
 REAL_PROCESSOR = {
     "patch_size": 16,
     "merge_size": 2,
@@ -270,12 +273,14 @@ def smart_resize(
     return rows, cols
 
 
-@pytest.fixture(scope="module")
-def real_structure(tmp_path_factory: pytest.TempPathFactory) -> Qwen3VLAdapter:
-    folder = tmp_path_factory.mktemp("qwen3_vl_real_structure")
+@pytest.fixture(scope="module", params=sorted(STRUCTURES))
+def real_structure(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Qwen3VLAdapter:
+    folder = tmp_path_factory.mktemp(f"qwen3_vl_{request.param}_structure")
     tokenizer = word_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
     text = {**text_config(tokenizer), "num_hidden_layers": 4}  # 3 DeepStack levels reach layers 0, 1, 2
-    config = Qwen3VLConfig(text_config=text, vision_config=REAL_VISION, **special_token_ids(tokenizer))
+    config = Qwen3VLConfig(
+        text_config=text, vision_config={**SMALL_VISION, **STRUCTURES[request.param]}, **special_token_ids(tokenizer)
+    )
     torch.manual_seed(0)
     model = Qwen3VLForConditionalGeneration(config)
     model.save_pretrained(folder)
@@ -302,18 +307,19 @@ PROMPT = "USER : <|vision_start|><|image_pad|><|vision_end|> what is in this ima
 
 @pytest.mark.parametrize("name", PHOTOS)
 def test_real_structure_on_real_photos(real_structure: Qwen3VLAdapter, name: str) -> None:
-    """24 blocks, patch 16, 48 x 48 learned positions, DeepStack from blocks 5, 11, 17, the checkpoints' processor
-    settings, a real photo: the grid follows the resizing rule, the default tap (block 23) equals a recomputation,
+    """The checkpoints' blocks and DeepStack layers, patch 16, 48 x 48 learned positions, their processor settings,
+    a real photo: the grid follows the resizing rule, the default tap (the last block) equals a recomputation,
     and a pruned prompt equals the stock language model fed by hand (kept tokens and their 3 DeepStack levels)."""
     adapter = real_structure
+    last = adapter.vision_depth() - 1  # 23 of 24 blocks (2B, 4B), 26 of 27 (8B)
     image = photo(name)
     batch = adapter.prepare([image], [PROMPT])
     rows, cols = smart_resize(image.height, image.width)
     assert batch["image_grid_thw"].tolist() == [[1, rows // 16, cols // 16]]
-    assert adapter.tap_index(FocalSignificance()) == 23
+    assert adapter.tap_index(FocalSignificance()) == last
     _, summaries = adapter.encode_images(batch, FocalSignificance())
     assert summaries is not None
-    [expected] = expected_received(adapter, batch, 23)
+    [expected] = expected_received(adapter, batch, last)
     torch.testing.assert_close(summaries[0].received, expected)
     inputs = adapter.prefill_inputs(batch, pipeline("rank", 0.1))
     assert len(inputs.deepstack) == 3

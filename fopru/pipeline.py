@@ -19,10 +19,15 @@ from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs
 
 @dataclass(frozen=True)
 class PrunedTokens:
-    """What the pipeline hands back to an adapter: the ordered selection and the scores behind it."""
+    """What the pipeline hands back to an adapter: the ordered selection and the scores behind it.
+
+    ``cls_first``: the [CLS] token (``StrategyInputs.cls_features``) goes ahead of the selection's tokens
+    (a ``keeps_cls`` strategy given the [CLS] features); reorder policies order the selection only.
+    """
 
     selection: Selection
     significance: torch.Tensor
+    cls_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class PruningRequest:
         projected: the strategy reads every token projected into the LLM's space (a projector pass over all N).
         merges: the strategy returns merged tokens (weighted combinations), which it projects after merging.
         text: the strategy reads the prompt's text embeddings.
+        cls: the strategy keeps the [CLS] token itself (``keeps_cls``): hand over its features where the layout has one.
         positions: the reorder policy's position mode (``compact``, ``original`` or ``auto``).
     """
 
@@ -44,6 +50,7 @@ class PruningRequest:
     merges: bool
     text: bool
     positions: str
+    cls: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class PruningPipeline:
             merges=self.strategy.merges,
             text=self.strategy.needs_text,
             positions=self.reorder.positions,
+            cls=self.strategy.keeps_cls,
         )
 
     def prune(
@@ -117,4 +125,4 @@ class PruningPipeline:
                 ),
                 flops=selection.flops,
             )
-        return PrunedTokens(ordered, significance)
+        return PrunedTokens(ordered, significance, cls_first=self.strategy.keeps_cls and inputs.has_cls)

@@ -264,6 +264,7 @@ class TargetModel(ABC):
                     group.project,
                     None if text is None else (text[0][part], text[1][part]),
                     None if all_keys is None else all_keys[part],
+                    group.cls_features,
                     group.deepstack,
                 )
                 images += kept if group.finish is None else [group.finish(image) for image in kept]

@@ -21,12 +21,15 @@ class KeptImage:
     """The visual tokens one image sends to the language model.
 
     Attributes:
-        embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence.
+        embeddings: (k, D) language-model-width embeddings, in the order they enter the sequence ((1 + k, D) with
+            ``leading_cls``).
         indices: (k,) positions of those tokens among the image's N visual tokens (a merged token's
             representative), the same order.
         num_tokens: N, the image's visual tokens before pruning (its placeholder count in the processor's prompt).
         pruning_flops: matrix-product FLOPs spent choosing and building these tokens (the strategy's similarities
             and the merge product; the tap and the projector are counted by the adapter).
+        leading_cls: the image's [CLS] token goes first, ahead of the kept tokens (a ``keeps_cls`` strategy); it sits
+            at the position of the image's first placeholder, where the tower's sequence has it.
         deepstack: per DeepStack level, the (k, D) features that enter the language model's early layers at these
             tokens (Qwen3-VL), selected and ordered exactly as ``embeddings``; empty for other families.
     """
@@ -35,7 +38,13 @@ class KeptImage:
     indices: torch.Tensor
     num_tokens: int
     pruning_flops: int = 0
+    leading_cls: bool = False
     deepstack: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """Tokens this image sends to the language model (its kept tokens, plus [CLS] with ``leading_cls``)."""
+        return int(self.embeddings.shape[0])
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class VisualGroup:
         placeholders: each image's placeholder count in the prompt (N, or more where the family adds tokens).
         finish: an image's kept tokens re-indexed into its placeholders (LLaVA-NeXT adds its row newlines);
             ``None`` where kept tokens index the placeholders directly.
+        cls_features: (I, 1, D) each image's [CLS] features at the same layer, for strategies that keep [CLS]
+            (``PruningRequest.cls``); ``None`` where the request does not ask or the family has no single [CLS].
         deepstack: per DeepStack level, (I, N, D) features of the same N tokens, already in the language model's
             width (Qwen3-VL); pruning selects (or merges) them exactly as ``features``. Empty for other families.
     """
@@ -128,6 +139,7 @@ class VisualGroup:
     project: Callable[[torch.Tensor], torch.Tensor]
     placeholders: int
     finish: Callable[[KeptImage], KeptImage] | None = None
+    cls_features: torch.Tensor | None = None
     deepstack: tuple[torch.Tensor, ...] = ()
 
 

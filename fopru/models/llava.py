@@ -120,18 +120,28 @@ class LlavaAdapter(TargetModel):
         self, pixel_values: torch.Tensor, request: PruningRequest, layout: VisualLayout
     ) -> tuple[torch.Tensor, AttentionSummary | None]:
         """(C, n, D_vision) patch features of the layer the projector reads ([CLS] dropped) and the tap's summary."""
+        sequence, attention = self.encode_sequence(pixel_values, request, layout)
+        return sequence[:, int(layout.has_cls) :], attention
+
+    def encode_sequence(
+        self, pixel_values: torch.Tensor, request: PruningRequest, layout: VisualLayout
+    ) -> tuple[torch.Tensor, AttentionSummary | None]:
+        """(C, int(has_cls) + n, D_vision) the whole sequence of the layer the projector reads, [CLS] first where the
+        tower has one, and the tap's summary."""
         self.check_features()
         with self.phase("vision"), self.tap(request, has_cls=layout.has_cls) as tap:
             vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
-        features = vision.hidden_states[self.model.config.vision_feature_layer][:, int(layout.has_cls) :]
-        return features, tap.summary() if tap is not None else None
+        return vision.hidden_states[self.model.config.vision_feature_layer], tap.summary() if tap is not None else None
 
     def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
-        """Every image has the same grid: one group, pruned at once, projected by the MLP projector."""
+        """Every image has the same grid: one group, pruned at once, projected by the MLP projector. [CLS] is handed
+        over for strategies that keep it (``request.cls``)."""
         layout = self.image_layout()
-        features, attention = self.encode(batch["pixel_values"], request, layout)
+        sequence, attention = self.encode_sequence(batch["pixel_values"], request, layout)
+        features = sequence[:, int(layout.has_cls) :]
+        cls = sequence[:, :1] if request.cls and layout.has_cls else None
         projector = self.model.model.multi_modal_projector
-        return [VisualGroup(features, attention, layout, projector, layout.num_tokens)]
+        return [VisualGroup(features, attention, layout, projector, layout.num_tokens, cls_features=cls)]
 
     def sample_costs(
         self, batch: Mapping[str, torch.Tensor], inputs: LanguageInputs, request: PruningRequest
@@ -143,7 +153,9 @@ class LlavaAdapter(TargetModel):
         costs = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):
             kept = inputs.sample_images(sample)
-            projected = sum(projector_tokens(request, image.num_tokens, len(image.indices)) for image in kept)
+            projected = sum(
+                projector_tokens(request, image.num_tokens, image.count, image.leading_cls) for image in kept
+            )
             base = llava_flops(
                 config, int(visual), int(inputs.text_tokens[sample]), images=len(kept), projector_tokens=projected
             )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.inputs import KeptImage
 from fopru.significance.attention import AttentionSummary
@@ -33,12 +34,14 @@ def prune_images(
     project: Callable[[torch.Tensor], torch.Tensor],
     text: tuple[torch.Tensor, torch.Tensor] | None = None,
     sample_keys: torch.Tensor | None = None,
+    cls_features: torch.Tensor | None = None,
     deepstack: tuple[torch.Tensor, ...] = (),
 ) -> list[KeptImage]:
     """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
     it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any;
+    ``cls_features`` (I, 1, D) the images' [CLS] features, for strategies that keep [CLS] (``request.cls``);
     ``deepstack`` the (I, N, D) DeepStack levels, which follow the selection (or merge) of ``features``. For
     strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
     selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
@@ -51,12 +54,21 @@ def prune_images(
         text=text[0] if text is not None and request.text else None,
         text_mask=text[1] if text is not None and request.text else None,
         sample_keys=sample_keys,
+        cls_features=cls_features if request.cls else None,
     )
-    selection = pipeline.prune(attention, features, layout, inputs).selection
-    if projected is not None and selection.weights is None:
+    pruned = pipeline.prune(attention, features, layout, inputs)
+    selection = pruned.selection
+    if projected is not None and selection.weights is None and not pruned.cls_first:
         embeddings = selection.gather(projected)
     else:
-        embeddings = project(selection.gather(features))
+        chosen = selection.gather(features)
+        if pruned.cls_first:
+            assert cls_features is not None
+            chosen = torch.cat([cls_features.to(chosen.dtype).expand(chosen.shape[0], -1, -1), chosen], dim=1)
+        embeddings = project(chosen)
+    lead = int(pruned.cls_first)
+    if lead and deepstack:
+        raise ConfigError("a leading [CLS] token has no DeepStack features: DeepStack towers have no [CLS]")
     deep = tuple(selection.gather(level) for level in deepstack)
     counts = selection.kept_per_sample.tolist()
     # The merge product weights @ features: (k x N) @ (N x D) per image, and once more per DeepStack level.
@@ -64,20 +76,21 @@ def prune_images(
     merge = 2 * layout.num_tokens * width if selection.weights is not None else 0
     return [
         KeptImage(
-            embeddings[image, :count],
+            embeddings[image, : lead + count],
             selection.indices[image, :count],
             layout.num_tokens,
             selection.flops + merge * count,
-            tuple(level[image, :count] for level in deep),
+            leading_cls=pruned.cls_first,
+            deepstack=tuple(level[image, :count] for level in deep),
         )
         for image, count in enumerate(counts)
     ]
 
 
-def projector_tokens(request: PruningRequest, num_tokens: int, kept: int) -> int:
-    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` selected
-    ones, or all ``num_tokens`` once for strategies that read projected tokens (plus the merged ones if such a
-    strategy also merges)."""
+def projector_tokens(request: PruningRequest, num_tokens: int, kept: int, leading_cls: bool = False) -> int:
+    """Tokens one image sends through a per-token projector under :func:`prune_images`: the ``kept`` ones it sends
+    on ([CLS] included), or all ``num_tokens`` once for strategies that read projected tokens (plus the kept ones
+    again if such a strategy also merges, or keeps [CLS])."""
     if not request.projected:
         return kept
-    return num_tokens + (kept if request.merges else 0)
+    return num_tokens + (kept if request.merges or leading_cls else 0)

@@ -69,7 +69,10 @@ def assemble_sequences(
             placeholders = placeholders[image.num_tokens :]
             images_per_sample[-1] += 1
             pieces += [embeds[cursor:start], image.embeddings.to(embeds.dtype)]
-            piece_positions += [sample_positions[:, cursor:start], sample_positions[:, start + image.indices]]
+            kept_positions = sample_positions[:, start + image.indices]
+            if image.leading_cls:  # [CLS] precedes the patches in the tower's sequence: the span's first position
+                kept_positions = torch.cat([sample_positions[:, start : start + 1], kept_positions], dim=1)
+            piece_positions += [sample_positions[:, cursor:start], kept_positions]
             piece_visual += [
                 ids.new_zeros(start - cursor, dtype=torch.bool),
                 ids.new_ones(image.embeddings.shape[0], dtype=torch.bool),

@@ -35,6 +35,8 @@ class StrategyInputs:
         text_mask: (B, T) bool, True on real text tokens.
         sample_keys: (B,) int64, which sample each row is (:func:`fopru.seeding.sample_key` of its id), so that
             random choices are seeded per sample, not by batch order; ``None`` outside an evaluation.
+        cls_features: (B, 1, D) the [CLS] token's features at the layer ``features`` come from, in their space
+            (``keeps_cls``; only where the family hands it over: a single-grid tower with [CLS], as LLaVA-1.5's).
     """
 
     features: torch.Tensor | None = None
@@ -43,6 +45,12 @@ class StrategyInputs:
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     sample_keys: torch.Tensor | None = None
+    cls_features: torch.Tensor | None = None
+
+    @property
+    def has_cls(self) -> bool:
+        """The [CLS] token's features are at hand (``keeps_cls`` strategies then keep it as one of their tokens)."""
+        return self.cls_features is not None
 
     def span(self, offset: int, size: int) -> StrategyInputs:
         """The inputs of tokens ``offset .. offset + size`` (one image/tile); text is per sample and stays whole."""
@@ -239,6 +247,9 @@ class PruningStrategy(ABC):
             even when the significance source reads no attention.
         ``needs_projected``: reads every token projected into the LLM's space (a projector pass over all N tokens).
         ``needs_text``: reads the prompt's text embeddings.
+        ``keeps_cls``: keeps the [CLS] token itself as the first of its tokens where the family hands its features
+            over (``StrategyInputs.cls_features``); it counts in the budget, and the selection then names the
+            other tokens only. VisionZip's released code does this; set per instance.
         ``keeps``: what a span keeps of its budget share ``budget.count(size, num_tokens)``: ``"exact"``
             (default) exactly that many tokens; ``"at_most"`` no more (an even lattice, an adaptive count);
             ``"rows"`` the share counts grid rows, not tokens; ``"all"`` every token, whatever the budget.
@@ -252,6 +263,7 @@ class PruningStrategy(ABC):
     needs_attention: bool = False
     needs_projected: bool = False
     needs_text: bool = False
+    keeps_cls: bool = False
     keeps: Literal["exact", "at_most", "rows", "all"] = "exact"
 
     @property

@@ -39,10 +39,14 @@ class VisionZipStrategy(PruningStrategy):
       tokens (Qwen2-VL's merged tokens) the features are used instead.
     - Without [CLS] (Qwen2-VL) dominance is the attention each token receives (``AttentionSummary.received``).
     - ``dominant`` defaults to 54 / 64 = 0.84375, the released split (54 + 10 = 64, 108 + 20, 162 + 30).
-    - The released code also keeps the [CLS] token itself as one of the d dominant tokens (d - 1 patches + [CLS]);
-      the N candidates here are patch tokens only, so all d dominant tokens are patches.
-    - Output order, as the released code emits it: the dominant tokens in raster order, then the contextual ones
-      in the raster order of their targets (``method=visionzip`` keeps this order: ``reorder=none``).
+    - [CLS]: the released code keeps the [CLS] token itself as one of the d dominant tokens (``dominant=54`` there
+      means [CLS] + 53 patches; ``keep_cls=true``, the default). Where the family hands the [CLS] features over
+      (single-grid CLIP towers: LLaVA-1.5, the embedded model) the selection names d - 1 dominant patches and
+      [CLS] goes first (:attr:`PruningStrategy.keeps_cls`); elsewhere (no [CLS], or LLaVA-NeXT's packed grids) all
+      d dominant tokens are patches, as with ``keep_cls=false``.
+    - Output order, as the released code emits it: [CLS], the dominant patches in raster order, then the contextual
+      ones in the raster order of their targets (``method=visionzip`` keeps this order: ``reorder=none``; other
+      reorder policies order the patches and contextual tokens, [CLS] stays first).
     - LLaVA-NeXT: every grid of the layout (base image, unpadded tile grid) gets its own dominant/contextual split.
     """
 
@@ -50,7 +54,11 @@ class VisionZipStrategy(PruningStrategy):
     needs_attention = True
 
     def __init__(
-        self, dominant: float = 0.84375, contextual_merge: ContextualMerge = "sum", keys: KeyHeads = "mean"
+        self,
+        dominant: float = 0.84375,
+        contextual_merge: ContextualMerge = "sum",
+        keys: KeyHeads = "mean",
+        keep_cls: bool = True,
     ) -> None:
         if isinstance(dominant, bool) or not isinstance(dominant, int | float) or not 0 < dominant <= 1:
             raise ConfigError(f"dominant={dominant!r} must be the dominant share of the budget, in (0, 1]")
@@ -62,6 +70,9 @@ class VisionZipStrategy(PruningStrategy):
         self.contextual_merge = contextual_merge
         self.averages = contextual_merge == "mean"
         self.keys = keys
+        if not isinstance(keep_cls, bool):
+            raise ConfigError(f"keep_cls={keep_cls!r} must be true or false")
+        self.keeps_cls = keep_cls
 
     def split(self, count: int) -> tuple[int, int]:
         """(dominant, contextual) token counts of a budget of ``count`` tokens."""
@@ -73,6 +84,8 @@ class VisionZipStrategy(PruningStrategy):
     ) -> Selection:
         batch, size = significance.shape
         dominant_count, contextual = self.split(budget.count(size, num_tokens))
+        if self.keeps_cls and inputs.has_cls:  # [CLS] is one of the dominant tokens; it goes first (the pipeline)
+            dominant_count -= 1
         saliency = inputs.saliency(self.name)
         dominant = torch.sort(top_indices(saliency, dominant_count), dim=1).values  # (B, d), raster order
         rows = torch.nn.functional.one_hot(dominant, size).float()

@@ -90,8 +90,11 @@ def fixture_module(name: str) -> ModuleType:
 
 
 def example_batch(name: str, adapter: TargetModel, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    """The tiny fixture's example samples (its ``EXAMPLE_PROMPTS`` and ``EXAMPLE_SIZES``), prepared as a batch."""
+    """The tiny fixture's example samples (its ``EXAMPLE_PROMPTS`` and ``EXAMPLE_SIZES``), prepared as a batch.
+
+    Sample ``s`` is an image drawn with seed ``s`` at the size of example ``s % 2``, with that example's prompt:
+    samples past the fixture's two are new images of known sizes."""
     module = fixture_module(name)
-    sizes = module.EXAMPLE_SIZES
-    images = [make_image(seed, width=sizes[seed][0], height=sizes[seed][1]) for seed in samples]
-    return adapter.prepare(images, [module.EXAMPLE_PROMPTS[seed] for seed in samples])
+    sizes, prompts = module.EXAMPLE_SIZES, module.EXAMPLE_PROMPTS
+    images = [make_image(seed, *sizes[seed % len(sizes)]) for seed in samples]
+    return adapter.prepare(images, [prompts[seed % len(prompts)] for seed in samples])

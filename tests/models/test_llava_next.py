@@ -1,4 +1,6 @@
-"""The LLaVA-NeXT (AnyRes) adapter on a tiny seeded random model, against stock transformers (no download)."""
+"""What is LLaVA-NeXT's own (AnyRes): the budget split between base and tiles, row newlines, tiling and unpadding of
+the significance. The contract every family meets is ``tests/models/test_contract.py``, with this family's hook in
+``tests/models/families/tiny_llava_next.py``."""
 
 from collections.abc import Mapping
 
@@ -7,23 +9,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fopru.components import CONFIG_DIR, choices, load
-from fopru.efficiency import counted_flops
+from fopru.components import CONFIG_DIR, load
 from fopru.errors import ConfigError
 from fopru.layout import Budget
-from fopru.models.inputs import Generation, KeptImage
+from fopru.models.inputs import KeptImage
 from fopru.models.llava_next import AnyresPacking, LlavaNextAdapter
 from fopru.models.tap import VisionAttentionTap
 from fopru.reorder.base import ReorderPolicy
 from fopru.significance.base import SignificanceSource
 from fopru.significance.sources import choose_by_variance
 from fopru.strategies.base import PruningStrategy
-from tests.models.conftest import make_image, make_pipeline
-
-PROMPTS = ("USER: <image> what is the shape in this image ? ASSISTANT:", "<image> color ?")
-# (height, width): a wide image (1 x 2 tiles, width unpadded to 10 patches), a tall one (2 x 1 tiles, 12 x 6 grid).
-SIZES = ((40, 70), (90, 50))
-NEW_TOKENS = 6
+from tests.models.conftest import example_batch, make_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -34,90 +30,19 @@ def adapter() -> LlavaNextAdapter:
 
 
 def batch_of(adapter: LlavaNextAdapter, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    images = [make_image(sample, width=SIZES[sample][1], height=SIZES[sample][0]) for sample in samples]
-    return adapter.prepare(images, [PROMPTS[sample] for sample in samples])
-
-
-def stock_logits(adapter: LlavaNextAdapter, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    mask = batch["attention_mask"]
-    with torch.no_grad():
-        return adapter.model(**batch, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
-
-
-@pytest.mark.parametrize("samples", [[0], [0, 1]])
-def test_no_pruning_equals_stock_logits_and_generation(adapter: LlavaNextAdapter, samples: list[int]) -> None:
-    batch = batch_of(adapter, samples)
-    keep_all = make_pipeline("none", keep=1.0)
-    inputs = adapter.prefill_inputs(batch, keep_all)
-    assert torch.equal(inputs.attention_mask, batch["attention_mask"])
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(adapter.prefill_logits(inputs)[real], stock_logits(adapter, batch)[real])
-    with torch.no_grad():
-        stock = adapter.model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS)
-    ours = adapter.generate(batch, keep_all, max_new_tokens=NEW_TOKENS)
-    assert torch.equal(ours.tokens, stock[:, batch["input_ids"].shape[1] :])
-
-
-def hand_assembled_logits(
-    adapter: LlavaNextAdapter, batch: Mapping[str, torch.Tensor], kept: KeptImage, positions: str
-) -> torch.Tensor:
-    """One sample, one image: stock packed features at the reported indices between the text embeddings."""
-    model = adapter.model
-    with torch.no_grad():
-        packed = model.model.get_image_features(batch["pixel_values"], batch["image_sizes"]).pooler_output[0]
-        ids = batch["input_ids"][0]
-        placeholders = (ids == model.config.image_token_id).nonzero().flatten()
-        start, count = int(placeholders[0]), placeholders.shape[0]
-        assert count == packed.shape[0] == kept.num_tokens
-        text = model.get_input_embeddings()(ids)
-        embeds = torch.cat([text[:start], packed[kept.indices], text[start + count :]])
-        after = text.shape[0] - start - count
-        if positions != "original":  # compact, which auto resolves to for LLaVA-NeXT
-            position_ids = torch.arange(embeds.shape[0])
-        else:
-            position_ids = torch.cat([torch.arange(start), start + kept.indices, start + count + torch.arange(after)])
-        return model(inputs_embeds=embeds[None], position_ids=position_ids[None]).logits[0]
-
-
-@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
-@pytest.mark.parametrize("positions", ["compact", "original", "auto"])
-def test_pruned_logits_equal_stock_features_placed_by_hand(
-    adapter: LlavaNextAdapter, strategy: str, keep: float, positions: str
-) -> None:
-    batch = batch_of(adapter, [0])
-    method = make_pipeline(strategy, keep=keep, positions=positions)  # type: ignore[arg-type]
-    inputs = adapter.prefill_inputs(batch, method)
-    (kept,) = inputs.images
-    assert 0 < kept.indices.shape[0] < kept.num_tokens
-    assert bool((kept.indices.diff() > 0).all())  # original order: a subsequence of the packed sequence
-    expected = hand_assembled_logits(adapter, batch, kept, positions)
-    torch.testing.assert_close(adapter.prefill_logits(inputs)[0], expected)
+    """The fixture's examples: 70 x 40 (1 x 2 tiles, width unpadded to 10 patches), 50 x 90 (2 x 1 tiles, 12 x 6)."""
+    return example_batch("tiny_llava_next", adapter, samples)
 
 
 @pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5), ("pool", 0.25)])
-def test_visual_token_count_and_kv_cache_length(adapter: LlavaNextAdapter, strategy: str, keep: float) -> None:
+def test_kept_rows_bring_their_newlines_as_visual_tokens(adapter: LlavaNextAdapter, strategy: str, keep: float) -> None:
+    """The visual-token count the contract suite checks includes the newlines of kept rows."""
     batch = batch_of(adapter, [1])
-    generation = adapter.generate(batch, make_pipeline(strategy, keep=keep), max_new_tokens=2)
-    (kept,) = generation.inputs.images
-    text = int((batch["input_ids"] != adapter.model.config.image_token_id).sum())
+    inputs = adapter.prefill_inputs(batch, make_pipeline(strategy, keep=keep))
+    (kept,) = inputs.images
     newlines = int((kept.embeddings == adapter.model.model.image_newline).all(dim=1).sum())
     assert newlines > 0
-    assert int(generation.inputs.visual_tokens[0]) == kept.embeddings.shape[0] < kept.num_tokens
-    assert int(generation.inputs.attention_mask.sum()) == text + kept.embeddings.shape[0]
-    assert generation.prompt_cache_length == text + kept.embeddings.shape[0]
-
-
-@pytest.mark.parametrize(("strategy", "keep"), [("rank", 0.25), ("row", 0.5)])
-def test_pruned_batch_generates_as_each_sample_alone(adapter: LlavaNextAdapter, strategy: str, keep: float) -> None:
-    method = make_pipeline(strategy, keep=keep)
-    together = adapter.generate(batch_of(adapter, [0, 1]), method, max_new_tokens=NEW_TOKENS)
-    pad = adapter.processor.tokenizer.pad_token_id
-    for sample in (0, 1):
-        alone = adapter.generate(batch_of(adapter, [sample]), method, max_new_tokens=NEW_TOKENS)
-        length = alone.tokens.shape[1]
-        assert torch.equal(together.tokens[sample, :length], alone.tokens[0])
-        assert bool((together.tokens[sample, length:] == pad).all())
-        assert int(together.inputs.visual_tokens[sample]) == int(alone.inputs.visual_tokens[0])
+    assert int(inputs.visual_tokens[0]) == kept.embeddings.shape[0] < kept.num_tokens
 
 
 def test_budget_split_and_newline_rule_by_hand() -> None:
@@ -201,38 +126,7 @@ def test_significance_follows_tiling_and_unpadding(adapter: LlavaNextAdapter) ->
     assert [index for index in kept.indices.tolist() if (index - 36) % 11 != 10 or index < 36] == expected
 
 
-@pytest.mark.parametrize("strategy", choices("strategy"))
-@pytest.mark.parametrize("significance", ["focal", "cls", "norm", "random"])
-def test_every_strategy_and_source_runs_batched(adapter: LlavaNextAdapter, strategy: str, significance: str) -> None:
-    method = make_pipeline(strategy, keep=0.25, significance=significance, positions="auto")
-    generation = adapter.generate(batch_of(adapter, [0, 1]), method, max_new_tokens=2)
-    assert generation.tokens.shape[0] == 2
-    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
-    assert generation.inputs.visual_tokens.tolist() == kept
-    assert all(2 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))
-
-
 def test_unsupported_feature_settings_fail_clearly(adapter: LlavaNextAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(adapter.model.config, "vision_feature_select_strategy", "full")
     with pytest.raises(ConfigError, match="vision_feature_select_strategy='default'"):
         adapter.prefill_inputs(batch_of(adapter, [0]), make_pipeline("rank", keep=0.25))
-
-
-#: The significance each strategy's FLOPs check pairs with (default focal).
-FLOPS_SIGNIFICANCE = {"rank": "cls", "pool": "norm", "divprune": "norm", "prumerge": "uniform"}
-FLOPS_SIGNIFICANCE |= {"prumerge_plus": "cls", "adafv": "norm", "uniform": "uniform"}
-
-
-@pytest.mark.parametrize("sample", [0, 1])
-@pytest.mark.parametrize("strategy", choices("strategy"))
-def test_analytic_flops_equal_a_counted_pruned_generation(
-    adapter: LlavaNextAdapter, strategy: str, sample: int
-) -> None:
-    """Per request (B=1; a padded batch also computes its padding): both images, of different crop counts."""
-    significance = FLOPS_SIGNIFICANCE.get(strategy, "focal")
-    batch = batch_of(adapter, [sample])
-    pipeline = make_pipeline(strategy, keep=0.25, significance=significance)
-    generations: list[Generation] = []
-    counted = counted_flops(lambda: generations.append(adapter.generate(batch, pipeline, max_new_tokens=2)))
-    [breakdown] = adapter.flops(batch, generations[0].inputs, pipeline)
-    assert breakdown.total(generations[0].tokens.shape[1]) == counted

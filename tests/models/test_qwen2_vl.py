@@ -1,4 +1,6 @@
-"""Qwen2-VL / Qwen2.5-VL adapters on tiny seeded models, against stock transformers and hand-built inputs."""
+"""What is Qwen2-VL's / Qwen2.5-VL's own: M-RoPE continuation and refusals, the merged layout, the tap against an
+independent recomputation, the windowed layers. The contract every family meets is ``tests/models/test_contract.py``,
+with the hooks in ``tests/models/families/tiny_qwen2_vl.py`` (Qwen2.5-VL shares it)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from fopru.components import CONFIG_DIR, choices, load
-from fopru.efficiency import counted_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.inputs import Generation
-from fopru.models.qwen2_vl import IMAGE_PROMPT, Qwen2VLAdapter, Qwen25VLAdapter
-from fopru.models.qwen3_vl import Qwen3VLAdapter
+from fopru.models.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 from fopru.pipeline import PruningPipeline
 from fopru.reorder.base import ReorderPolicy
 from fopru.significance.sources import FocalSignificance
-from tests.models.conftest import make_image, make_pipeline
+from tests.models.conftest import example_batch, make_pipeline
 
 CONF = CONFIG_DIR / "model"
 # Every registered tiny fixture of this family (Qwen2-VL and its subclasses), read from conf/model/.
@@ -30,15 +29,7 @@ FAMILIES = [
     if name.startswith("tiny_")
     and issubclass(get_class(str(OmegaConf.load(CONF / f"{name}.yaml")._target_)), Qwen2VLAdapter)
 ]
-PROMPTS = (
-    f"USER : {IMAGE_PROMPT} what is the shape ? ASSISTANT :",
-    f"USER : {IMAGE_PROMPT} what is the color of the shape in this image ? answer with one word . ASSISTANT :",
-)
 PRUNED = [("rank", 0.25), ("row", 0.5)]
-
-
-# 56 x 56: 14 x 14 patches of 4 pixels, 7 x 7 merged tokens. 84 x 56 is resized to 80 x 56: 7 x 10 merged tokens.
-IMAGES = (make_image(0, width=56, height=56), make_image(1, width=84, height=56))
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -63,90 +54,29 @@ def pipeline(strategy: str = "none", keep: float = 1.0, layer: int | None = None
 
 
 def batch_of(adapter: Qwen2VLAdapter, samples: list[int]) -> Mapping[str, torch.Tensor]:
-    return adapter.prepare([IMAGES[i] for i in samples], [PROMPTS[i] for i in samples])
+    """The fixture's examples: 56 x 56 (7 x 7 merged tokens) and 84 x 56 (resized to 80 x 56: 7 x 10)."""
+    return example_batch("tiny_qwen2_vl", adapter, samples)
 
 
-def until_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:
-    rows = []
-    for row in tokens.tolist():
-        rows.append(row[: row.index(eos) + 1] if eos in row else row)
-    return rows
-
-
-def stock_rope_index(adapter: Qwen2VLAdapter, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    positions, _ = adapter.model.model.get_rope_index(
-        input_ids=batch["input_ids"],
-        mm_token_type_ids=batch["mm_token_type_ids"],
-        image_grid_thw=batch["image_grid_thw"],
-        attention_mask=batch["attention_mask"],
-    )
-    return torch.as_tensor(positions)
-
-
-# -- 1. without pruning the adapter is the stock model --------------------------------------------------------
+# -- 1. decoding continues where M-RoPE left off ------------------------------------------------------------------
 @pytest.mark.parametrize("samples", [[0], [0, 1]], ids=["B1", "B2"])
-def test_unpruned_prefill_and_generation_equal_the_stock_model(adapter: Qwen2VLAdapter, samples: list[int]) -> None:
+def test_decoding_continues_after_the_largest_m_rope_position(adapter: Qwen2VLAdapter, samples: list[int]) -> None:
+    """Keep-all equals the stock model (``tests/models/test_contract.py``); here the position it continues at."""
     batch = batch_of(adapter, samples)
     if len(samples) == 2:
-        assert bool((batch["attention_mask"] == 0).any()), "the batch should exercise left padding"
+        assert batch["image_grid_thw"][0].tolist() != batch["image_grid_thw"][1].tolist()
     inputs = adapter.prefill_inputs(batch, pipeline())
     with torch.no_grad():
-        stock = adapter.model(**batch).logits
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(adapter.prefill_logits(inputs)[real], stock[real])
-
-    tokenizer = adapter.processor.tokenizer
-    ours = adapter.generate(batch, pipeline(), max_new_tokens=6)
-    with torch.no_grad():
-        reference = adapter.model.generate(
-            **batch,
-            do_sample=False,
-            max_new_tokens=6,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    generated = reference[:, batch["input_ids"].shape[1] :]
-    assert until_eos(ours.tokens, tokenizer.eos_token_id) == until_eos(generated, tokenizer.eos_token_id)
+        adapter.model(**batch)
     # HF continues at len(prompt) + rope_delta = max position + 1, the shared loop's next_position.
     rope_delta = adapter.model.model.rope_deltas.flatten()
     assert torch.equal(inputs.next_position, batch["attention_mask"].sum(dim=1) + rope_delta)
 
 
-# -- 2. pruned prefill equals the stock language model fed by hand --------------------------------------------
+# -- 2. the strategy counts merged tokens on the 7 x 7 layout ------------------------------------------------------
 @pytest.mark.parametrize(("strategy", "keep"), PRUNED)
-def test_pruned_prefill_equals_hand_built_inputs(adapter: Qwen2VLAdapter, strategy: str, keep: float) -> None:
-    if isinstance(adapter, Qwen3VLAdapter):
-        pytest.skip("Qwen3-VL's hand-fed check adds its DeepStack features: tests/models/test_qwen3_vl.py")
-    batch = batch_of(adapter, [1])
-    inputs = adapter.prefill_inputs(batch, pipeline(strategy, keep))
-    kept = inputs.images[0].indices
-    model = adapter.model
-    with torch.no_grad():
-        output: Any = model.get_image_features(
-            pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]
-        )
-        merged = output.pooler_output[0]
-        ids = batch["input_ids"][0]
-        placeholders = (ids == model.config.image_token_id).nonzero().flatten()
-        start, stop = int(placeholders[0]), int(placeholders[-1]) + 1
-        assert stop - start == merged.shape[0] == inputs.images[0].num_tokens
-        text = model.get_input_embeddings()(ids)
-        embeds = torch.cat([text[:start], merged[kept], text[stop:]])[None]
-        columns = torch.cat([torch.arange(start), start + kept, torch.arange(stop, ids.shape[0])])
-        positions = stock_rope_index(adapter, batch)[:, :, columns]
-        expected = model(
-            inputs_embeds=embeds, position_ids=positions, attention_mask=torch.ones_like(columns)[None]
-        ).logits
-    assert kept.shape[0] < merged.shape[0]
-    assert torch.equal(kept, kept.sort().values)
-    torch.testing.assert_close(adapter.prefill_logits(inputs), expected)
-
-
-# -- 3. the language model sees exactly the kept tokens --------------------------------------------------------
-@pytest.mark.parametrize(("strategy", "keep"), PRUNED)
-def test_visual_tokens_and_cache_length_follow_the_selection(
-    adapter: Qwen2VLAdapter, strategy: str, keep: float
-) -> None:
+def test_the_strategy_counts_merged_tokens_of_the_layout(adapter: Qwen2VLAdapter, strategy: str, keep: float) -> None:
+    """The count the contract suite finds in the cache is the strategy's own on the merged layout."""
     batch = batch_of(adapter, [0])
     pruning = pipeline(strategy, keep)
     features, summaries = adapter.encode_images(batch, pruning.significance)
@@ -155,12 +85,7 @@ def test_visual_tokens_and_cache_length_follow_the_selection(
     significance = pruning.significance.score(summaries[0], features[0][None], layout)
     reported = pruning.strategy.select(significance, layout, pruning.budget).kept
     assert reported == {"rank": 12, "row": 3 * 7}[strategy]  # floor(0.25 * 49) tokens; floor(0.5 * 7) rows of 7
-
-    generation = adapter.generate(batch, pruning, max_new_tokens=2)
-    assert generation.inputs.visual_tokens.tolist() == [reported]
-    assert generation.inputs.images[0].embeddings.shape[0] == reported
-    text = int((batch["input_ids"] != adapter.model.config.image_token_id).sum())
-    assert generation.prompt_cache_length == text + reported
+    assert adapter.prefill_inputs(batch, pruning).visual_tokens.tolist() == [reported]
 
 
 def test_attention_free_significance_prunes_without_a_tap(adapter: Qwen2VLAdapter) -> None:
@@ -173,21 +98,7 @@ def test_attention_free_significance_prunes_without_a_tap(adapter: Qwen2VLAdapte
     assert torch.equal(inputs.images[0].indices, expected)
 
 
-# -- 4. batching does not change the answer ---------------------------------------------------------------------
-@pytest.mark.parametrize(("strategy", "keep"), PRUNED[:1])
-def test_batched_generation_equals_each_sample_alone(adapter: Qwen2VLAdapter, strategy: str, keep: float) -> None:
-    pruning = pipeline(strategy, keep)
-    batch = batch_of(adapter, [0, 1])
-    assert batch["image_grid_thw"][0].tolist() != batch["image_grid_thw"][1].tolist()
-    batched = adapter.generate(batch, pruning, max_new_tokens=6)
-    eos = adapter.processor.tokenizer.eos_token_id
-    for sample in (0, 1):
-        alone = adapter.generate(batch_of(adapter, [sample]), pruning, max_new_tokens=6)
-        assert until_eos(batched.tokens[sample : sample + 1], eos) == until_eos(alone.tokens, eos)
-        assert torch.equal(batched.inputs.images[sample].indices, alone.inputs.images[0].indices)
-
-
-# -- 5. the tapped significance against an independent recomputation --------------------------------------------
+# -- 3. the tapped significance against an independent recomputation --------------------------------------------
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat([-second, first], dim=-1)
@@ -254,7 +165,7 @@ def test_tapped_significance_equals_a_recomputation(adapter: Qwen2VLAdapter, lay
         assert summary.cls is None
 
 
-# -- 6. refusals ---------------------------------------------------------------------------------------------------
+# -- 4. refusals ---------------------------------------------------------------------------------------------------
 def test_compact_positions_are_refused_and_auto_means_original(adapter: Qwen2VLAdapter) -> None:
     batch = batch_of(adapter, [0])
     with pytest.raises(ConfigError, match=r"M-RoPE.*'original'"):
@@ -277,32 +188,3 @@ def test_a_windowed_tap_layer_is_refused_on_qwen25(layer: int) -> None:
     configured = tiny_qwen25(tap_layer=layer)
     with pytest.raises(ConfigError, match=r"windowed attention.*\[1, 3\]"):
         configured.prefill_inputs(batch_of(configured, [0]), pipeline("rank", 0.25))
-
-
-#: The significance each strategy's FLOPs check pairs with (default focal).
-FLOPS_SIGNIFICANCE = {"pool": "norm", "divprune": "norm", "prumerge": "uniform", "vispruner": "norm"}
-FLOPS_SIGNIFICANCE |= {"uniform": "uniform"}
-
-
-@pytest.mark.parametrize("strategy", choices("strategy"))
-def test_analytic_flops_equal_a_counted_pruned_generation(adapter: Qwen2VLAdapter, strategy: str) -> None:
-    significance = FLOPS_SIGNIFICANCE.get(strategy, "focal")
-    batch = batch_of(adapter, [1])
-    built = make_pipeline(strategy, keep=0.25, significance=significance, positions="original")
-    generations: list[Generation] = []
-    counted = counted_flops(lambda: generations.append(adapter.generate(batch, built, max_new_tokens=2)))
-    [breakdown] = adapter.flops(batch, generations[0].inputs, built)
-    assert breakdown.total(generations[0].tokens.shape[1]) == counted
-
-
-@pytest.mark.parametrize("strategy", choices("strategy"))
-@pytest.mark.parametrize("significance", ["focal", "norm"])  # with a tap, and without one the source asks for
-def test_every_strategy_and_source_runs_batched(adapter: Qwen2VLAdapter, strategy: str, significance: str) -> None:
-    """Every registered strategy on a batch of two images of different sizes (no [CLS]: saliency falls back to
-    the attention received)."""
-    built = make_pipeline(strategy, keep=0.25, significance=significance, positions="original")
-    generation = adapter.generate(batch_of(adapter, [0, 1]), built, max_new_tokens=2)
-    assert generation.tokens.shape[0] == 2
-    kept = [image.embeddings.shape[0] for image in generation.inputs.images]
-    assert generation.inputs.visual_tokens.tolist() == kept
-    assert all(1 <= count <= image.num_tokens for count, image in zip(kept, generation.inputs.images, strict=True))

@@ -8,6 +8,8 @@ stably (ties to the earlier entry); the data has no ties.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,65 @@ def test_visionzip_matches_the_released_code_on_random_inputs(seed: int, keep_to
         positions, tokens = visionzip_released(cls[sample], keys[sample], features[sample], dominant, contextual)
         assert selection.indices[sample].tolist() == positions
         torch.testing.assert_close(merged[sample], tokens)
+
+
+def visionzip_released_sequence(
+    cls: torch.Tensor, keys: torch.Tensor, hidden: torch.Tensor, dominant: int, contextual_num: int, heads: int = HEADS
+) -> tuple[list[int], torch.Tensor]:
+    """One image's whole tower sequence, [CLS] first ((1 + N, ...) ``keys`` and ``hidden``): (kept patch positions
+    in output order, output tokens). ``dominant`` is the released argument, which counts [CLS]
+    (``visionzip/main.py``: ``dominant_num = dominant - 1``)."""
+    dominant_num = dominant - 1
+    length = hidden.shape[0]
+    topk_indices = stable_top(cls, dominant_num) + 1
+    all_indices = torch.cat([torch.zeros(1, dtype=topk_indices.dtype), topk_indices])
+    mask = torch.ones(length, dtype=torch.bool)
+    mask[all_indices] = False
+    dominant_tokens = hidden[~mask]  # masked_select: [CLS] first, then the patches in raster order
+    metric = keys.view(length, heads, -1).mean(dim=1)
+    metric_filtered = metric[mask]
+    hidden_filtered = hidden[mask]
+    metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
+    step = max(1, metric_normalized.shape[0] // contextual_num)
+    target_indices = torch.arange(0, metric_normalized.shape[0], step)[:contextual_num]
+    not_target = ~torch.isin(torch.arange(metric_normalized.shape[0]), target_indices)
+    similarity = metric_normalized[not_target] @ metric_normalized[target_indices].T
+    assign_one_hot = torch.zeros(int(not_target.sum()), contextual_num)
+    assign_one_hot.scatter_(1, similarity.argmax(dim=1)[:, None], 1)
+    counts = assign_one_hot.sum(dim=0).clamp(min=1)[:, None]
+    contextual_tokens = hidden_filtered[target_indices] + (assign_one_hot.T @ hidden_filtered[not_target]) / counts
+    patches = ((~mask).nonzero()[1:, 0] - 1).tolist() + (mask.nonzero()[:, 0][target_indices] - 1).tolist()
+    return patches, torch.cat([dominant_tokens, contextual_tokens])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("keep_tokens", [5, 12, 20])
+def test_visionzip_keeps_cls_as_a_dominant_token_as_released(seed: int, keep_tokens: int) -> None:
+    # The tower's whole sequence: [CLS] then the 36 patches. The strategy reads the patches and [CLS] apart.
+    cls, patches, patch_keys = random_inputs(seed)
+    generator = torch.Generator().manual_seed(100 + seed)
+    hidden = torch.cat([torch.randn(3, 1, 5, generator=generator), patches], dim=1)
+    keys = torch.cat([torch.randn(3, 1, 2 * HEADS, generator=generator), patch_keys], dim=1)
+    pipeline = method_pipeline("visionzip")
+    pipeline = replace(pipeline, budget=Budget(keep_tokens=keep_tokens))
+    dominant, contextual = pipeline.strategy.split(keep_tokens)  # type: ignore[attr-defined]
+    inputs = StrategyInputs(cls_features=hidden[:, :1])
+    pruned = pipeline.prune(summary(cls, patch_keys), patches, GRID, inputs)
+    assert pruned.cls_first and pruned.selection.kept == keep_tokens - 1
+    tokens = torch.cat([hidden[:, :1], pruned.selection.gather(patches)], dim=1)
+    for sample in range(3):
+        positions, expected = visionzip_released_sequence(
+            cls[sample], keys[sample], hidden[sample], dominant, contextual
+        )
+        assert pruned.selection.indices[sample].tolist() == positions
+        torch.testing.assert_close(tokens[sample], expected)
+    # keep_cls=false: all dominant tokens are patches, [CLS] is not sent (the reading without it).
+    without = replace(pipeline, strategy=VisionZipStrategy(keep_cls=False)).prune(
+        summary(cls, patch_keys), patches, GRID, inputs
+    )
+    assert not without.cls_first and without.selection.kept == keep_tokens
+    positions, _ = visionzip_released(cls[0], patch_keys[0], patches[0], dominant, contextual)
+    assert without.selection.indices[0].tolist() == positions
 
 
 def method_pipeline(method: str) -> PruningPipeline:

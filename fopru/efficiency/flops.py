@@ -30,15 +30,18 @@ from transformers import (
     Qwen2_5_VLVisionConfig,
     Qwen2VLConfig,
     Qwen2VLVisionConfig,
+    Qwen3VLConfig,
+    Qwen3VLVisionConfig,
     SiglipVisionConfig,
 )
 
 from fopru.errors import ConfigError
 
 GridTHW = Sequence[Sequence[int]] | torch.Tensor
-VisionConfig = CLIPVisionConfig | SiglipVisionConfig | Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig
+QwenVisionConfig = Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig | Qwen3VLVisionConfig
+VisionConfig = CLIPVisionConfig | SiglipVisionConfig | QwenVisionConfig
 LlavaLikeConfig = LlavaConfig | LlavaNextConfig | LlavaOnevisionConfig
-QwenVLConfig = Qwen2VLConfig | Qwen2_5_VLConfig
+QwenVLConfig = Qwen2VLConfig | Qwen2_5_VLConfig | Qwen3VLConfig
 
 
 @dataclass(frozen=True)
@@ -167,10 +170,10 @@ def _vit_config(config: LlavaLikeConfig) -> CLIPVisionConfig | SiglipVisionConfi
     return vision
 
 
-def _qwen_vision_config(config: QwenVLConfig) -> Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig:
+def _qwen_vision_config(config: QwenVLConfig) -> QwenVisionConfig:
     vision = config.vision_config
-    if not isinstance(vision, Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig):
-        raise _wrong_vision(config, vision, "Qwen2VLVisionConfig or Qwen2_5_VLVisionConfig")
+    if not isinstance(vision, QwenVisionConfig):
+        raise _wrong_vision(config, vision, "Qwen2VLVisionConfig, Qwen2_5_VLVisionConfig or Qwen3VLVisionConfig")
     return vision
 
 
@@ -211,12 +214,14 @@ def _window_chunks(units: int, window: int) -> list[int]:
     return [window] * (units // window) + ([units % window] if units % window else [])
 
 
-def _qwen_vision_flops(config: Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig, grid_thw: GridTHW) -> int:
-    """Qwen2-VL / 2.5-VL vision tower: Conv3d patch embedding, blocks, patch merger.
+def _qwen_vision_flops(config: QwenVisionConfig, grid_thw: GridTHW) -> int:
+    """Qwen2-VL / 2.5-VL / 3-VL vision tower: Conv3d patch embedding, blocks, patch merger(s).
 
     Attention runs per frame (h * w patches) in full-attention blocks; Qwen2.5-VL's other blocks attend within
     windows of ``window_size // patch_size // spatial_merge_size`` merged units per side, each merged unit being
-    merge^2 patches. The merger is LayerNorm + Linear(d m^2, d m^2) + GELU + Linear(d m^2, d_out) per merged token.
+    merge^2 patches. The merger is LayerNorm + Linear(d m^2, d m^2) + GELU + Linear(d m^2, d_out) per merged token;
+    Qwen3-VL runs one more merger per DeepStack level (``deepstack_visual_indexes``) and adds its learned position
+    embedding by interpolation (no matrix product).
     """
     merge = int(config.spatial_merge_size)
     grids = _grid_rows(grid_thw, merge)
@@ -231,6 +236,9 @@ def _qwen_vision_flops(config: Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig, gri
                 f"window_size={config.window_size} px is smaller than one merged unit "
                 f"({patch * merge} px = patch_size * spatial_merge_size); windowed attention cannot run"
             )
+    elif isinstance(config, Qwen3VLVisionConfig):
+        hidden, intermediate, out = int(config.hidden_size), int(config.intermediate_size), int(config.out_hidden_size)
+        full_blocks, window = depth, 0
     else:
         hidden, out = int(config.embed_dim), int(config.hidden_size)
         intermediate = int(config.embed_dim * config.mlp_ratio)
@@ -249,7 +257,8 @@ def _qwen_vision_flops(config: Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig, gri
     full = full_blocks * _encoder_layer(patches, full_pairs, hidden, intermediate, gated)
     windowed = (depth - full_blocks) * _encoder_layer(patches, window_pairs, hidden, intermediate, gated)
     merged_tokens, merged_dim = patches // merge**2, hidden * merge**2
-    merger = 2 * merged_tokens * merged_dim * (merged_dim + out)
+    mergers = 1 + (len(config.deepstack_visual_indexes) if isinstance(config, Qwen3VLVisionConfig) else 0)
+    merger = mergers * 2 * merged_tokens * merged_dim * (merged_dim + out)
     return embed + full + windowed + merger
 
 
@@ -265,7 +274,7 @@ def vision_flops(vision_config: VisionConfig, *, images: int | None = None, grid
         if grid_thw is not None:
             raise ConfigError(f"grid_thw is for Qwen2-VL vision towers; {type(vision_config).__name__} takes images")
         return _vit_flops(vision_config, _positive("images", 1 if images is None else images))
-    if isinstance(vision_config, Qwen2VLVisionConfig | Qwen2_5_VLVisionConfig):
+    if isinstance(vision_config, QwenVisionConfig):
         if grid_thw is None:
             raise ConfigError(f"{type(vision_config).__name__} needs grid_thw, one (t, h, w) row per image")
         if images is not None and images != len(grid_thw):
@@ -273,7 +282,7 @@ def vision_flops(vision_config: VisionConfig, *, images: int | None = None, grid
         return _qwen_vision_flops(vision_config, grid_thw)
     raise ConfigError(
         f"no vision FLOPs formula for {type(vision_config).__name__}; supported: CLIPVisionConfig, "
-        "SiglipVisionConfig, Qwen2VLVisionConfig, Qwen2_5_VLVisionConfig"
+        "SiglipVisionConfig, Qwen2VLVisionConfig, Qwen2_5_VLVisionConfig, Qwen3VLVisionConfig"
     )
 
 
@@ -374,9 +383,11 @@ def llava_flops(
 def qwen2_vl_flops(
     config: QwenVLConfig, grid_thw: GridTHW, visual_tokens_kept: int, text_tokens: int, logits_to_keep: int = 1
 ) -> FlopsBreakdown:
-    """One Qwen2-VL / 2.5-VL request; ``visual_tokens_kept`` counts merged tokens (at most sum(t h w) / merge^2).
+    """One Qwen2-VL / 2.5-VL / 3-VL request; ``visual_tokens_kept`` counts merged tokens (at most
+    sum(t h w) / merge^2).
 
-    The merger is inside ``vision``, so ``projector`` is 0.
+    The merger (and Qwen3-VL's DeepStack mergers) is inside ``vision``, so ``projector`` is 0. Adding DeepStack
+    features into the language model's hidden states is no matrix product.
     """
     prompt = _prompt_tokens(visual_tokens_kept, text_tokens)
     vision_config = _qwen_vision_config(config)

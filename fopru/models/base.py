@@ -265,6 +265,7 @@ class TargetModel(ABC):
                     None if text is None else (text[0][part], text[1][part]),
                     None if all_keys is None else all_keys[part],
                     group.cls_features,
+                    group.deepstack,
                 )
                 images += kept if group.finish is None else [group.finish(image) for image in kept]
             with torch.no_grad():
@@ -425,12 +426,23 @@ class TargetModel(ABC):
         logits: torch.Tensor = output.logits
         return logits
 
+    def prefill_forward(self, inputs: LanguageInputs, cache: DynamicCache, logits_to_keep: int = 0) -> torch.Tensor:
+        """The language model's forward on a prefilled prompt, filling ``cache``; returns logits. Families whose
+        visual features enter more than the input embeddings (Qwen3-VL's DeepStack) override it."""
+        if inputs.deepstack:
+            raise ConfigError(f"{type(self).__name__} cannot inject DeepStack features into its language model")
+        return self.language_forward(
+            inputs.position_ids,
+            inputs.attention_mask,
+            cache,
+            inputs_embeds=inputs.inputs_embeds,
+            logits_to_keep=logits_to_keep,
+        )
+
     def prefill_logits(self, inputs: LanguageInputs) -> torch.Tensor:
         """(B, L, V) logits of the whole prompt."""
         with torch.no_grad():
-            return self.language_forward(
-                inputs.position_ids, inputs.attention_mask, DynamicCache(), inputs_embeds=inputs.inputs_embeds
-            )
+            return self.prefill_forward(inputs, DynamicCache())
 
     def staged_decoder(self) -> StagedDecoder:
         """The language model as decoder layers and lm_head, for in-LLM pruning (every family nests it the same)."""
@@ -456,13 +468,7 @@ class TargetModel(ABC):
             cache = DynamicCache()
             with self.phase("prefill"):
                 if staged is None:
-                    logits = self.language_forward(
-                        inputs.position_ids,
-                        inputs.attention_mask,
-                        cache,
-                        inputs_embeds=inputs.inputs_embeds,
-                        logits_to_keep=1,
-                    )
+                    logits = self.prefill_forward(inputs, cache, logits_to_keep=1)
                 else:
                     if inputs.visual_mask is None:
                         raise ConfigError("in-LLM pruning needs the inputs' visual_mask (built by assemble_sequences)")
@@ -480,6 +486,7 @@ class TargetModel(ABC):
                         ranking=pipeline.llm_pruning.ranking,
                         renumber=pipeline.llm_pruning.renumber,
                         method=pipeline.llm_pruning,
+                        deepstack=inputs.deepstack,
                     )
             prompt_cache_length = cache.get_seq_length()
             layer_cache_lengths = tuple(cache.get_seq_length(layer) for layer in range(len(cache.layers)))

@@ -33,6 +33,8 @@ class KeptImage:
         leading_cls: the image's [CLS] token goes first, ahead of the kept tokens (a ``keeps_cls`` strategy); it sits
             at the position of the image's first placeholder, where the tower's sequence has it. (Pruned per crop,
             ``PruningRequest.per_crop``, every crop's [CLS] goes first, until the family assembles the crops.)
+        deepstack: per DeepStack level, the (k, D) features that enter the language model's early layers at these
+            tokens (Qwen3-VL), selected and ordered exactly as ``embeddings``; empty for other families.
     """
 
     embeddings: torch.Tensor
@@ -40,6 +42,7 @@ class KeptImage:
     num_tokens: int
     pruning_flops: int = 0
     leading_cls: bool = False
+    deepstack: tuple[torch.Tensor, ...] = ()
 
     @property
     def count(self) -> int:
@@ -60,6 +63,8 @@ class LanguageInputs:
         images_per_sample: how many of ``images`` belong to each sample, in order.
         visual_mask: (B, L) bool, True where a visual token sits (in-LLM pruning drops only those); ``None`` when
             the inputs were built by hand.
+        deepstack: per DeepStack level i, (B, L, D) features added to the output of language layer i at the visual
+            positions (Qwen3-VL), zero elsewhere; empty for other families.
     """
 
     inputs_embeds: torch.Tensor
@@ -69,6 +74,7 @@ class LanguageInputs:
     images: tuple[KeptImage, ...]
     images_per_sample: tuple[int, ...]
     visual_mask: torch.Tensor | None = None
+    deepstack: tuple[torch.Tensor, ...] = ()
 
     @property
     def text_tokens(self) -> torch.Tensor:
@@ -128,6 +134,8 @@ class VisualGroup:
         cls_features: (I, 1, D) each image's [CLS] features at the same layer, for strategies that keep [CLS]
             (``PruningRequest.cls``), or (I, G, D) one per crop where each of the G grids is a crop of its own
             (``PruningRequest.per_crop``); ``None`` where the request does not ask or the family has no [CLS].
+        deepstack: per DeepStack level, (I, N, D) features of the same N tokens, already in the language model's
+            width (Qwen3-VL); pruning selects (or merges) them exactly as ``features``. Empty for other families.
     """
 
     features: torch.Tensor
@@ -137,6 +145,7 @@ class VisualGroup:
     placeholders: int
     finish: Callable[[KeptImage], KeptImage] | None = None
     cls_features: torch.Tensor | None = None
+    deepstack: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.inputs import KeptImage
 from fopru.significance.attention import AttentionSummary
@@ -34,13 +35,15 @@ def prune_images(
     text: tuple[torch.Tensor, torch.Tensor] | None = None,
     sample_keys: torch.Tensor | None = None,
     cls_features: torch.Tensor | None = None,
+    deepstack: tuple[torch.Tensor, ...] = (),
 ) -> list[KeptImage]:
     """Prune (I, N, D) same-layout image features and project the kept ones: one :class:`KeptImage` per image.
 
     ``text`` is each image's prompt text, (I, T, D_llm) embeddings and their (I, T) mask, for strategies that read
     it (``request.text``); ``sample_keys`` (I,) the images' entries of the batch's :data:`SAMPLE_KEYS`, if any;
     ``cls_features`` (I, G, D) the images' [CLS] features, one per grid of the layout where each grid is a crop
-    of its own (``request.per_crop``; else G = 1), for strategies that keep [CLS] (``request.cls``). For
+    of its own (``request.per_crop``; else G = 1), for strategies that keep [CLS] (``request.cls``);
+    ``deepstack`` the (I, N, D) DeepStack levels, which follow the selection (or merge) of ``features``. For
     strategies that read the projected tokens (``request.projected``) all N tokens are projected once and a pure
     selection takes its tokens from them (no second projection). An adaptive strategy's images keep different
     counts: each :class:`KeptImage` holds its own.
@@ -65,9 +68,13 @@ def prune_images(
             chosen = torch.cat([cls_features.to(chosen.dtype).expand(chosen.shape[0], -1, -1), chosen], dim=1)
         embeddings = project(chosen)
     lead = cls_features.shape[1] if pruned.cls_first and cls_features is not None else 0
+    if lead and deepstack:
+        raise ConfigError("a leading [CLS] token has no DeepStack features: DeepStack towers have no [CLS]")
+    deep = tuple(selection.gather(level) for level in deepstack)
     counts = selection.kept_per_sample.tolist()
-    # The merge product weights @ features: (k x N) @ (N x D) per image.
-    merge = 2 * layout.num_tokens * features.shape[-1] if selection.weights is not None else 0
+    # The merge product weights @ features: (k x N) @ (N x D) per image, and once more per DeepStack level.
+    width = features.shape[-1] + sum(level.shape[-1] for level in deepstack)
+    merge = 2 * layout.num_tokens * width if selection.weights is not None else 0
     return [
         KeptImage(
             embeddings[image, : lead + count],
@@ -75,6 +82,7 @@ def prune_images(
             layout.num_tokens,
             selection.flops + merge * count,
             leading_cls=pruned.cls_first,
+            deepstack=tuple(level[image, :count] for level in deep),
         )
         for image, count in enumerate(counts)
     ]

@@ -178,6 +178,14 @@ class Qwen2VLAdapter(TargetModel):
 
         Both are over the image's merged tokens in raster order (the order of its ``<|image_pad|>`` placeholders).
         """
+        output, summaries = self.run_vision(batch, source)
+        return _pooler_output(output, batch["image_grid_thw"], self.merge_size), summaries
+
+    def run_vision(
+        self, batch: Mapping[str, torch.Tensor], source: PruningRequest | SignificanceSource
+    ) -> tuple[Any, list[AttentionSummary] | None]:
+        """The model's own ``get_image_features`` output on the batch's images, tapped as ``source`` asks, and the
+        pooled summaries (see :meth:`encode_images`)."""
         grid_thw = batch["image_grid_thw"].to(self.device)
         if bool((grid_thw[:, 0] != 1).any()):
             raise ConfigError(
@@ -186,10 +194,13 @@ class Qwen2VLAdapter(TargetModel):
         pixel_values = batch["pixel_values"].to(self.device, self.dtype)
         with torch.no_grad(), self.phase("vision"), self.tap(source, has_cls=False) as tap:
             output = self.model.model.get_image_features(pixel_values=pixel_values, image_grid_thw=grid_thw)
-        features = _pooler_output(output, grid_thw, self.merge_size)
         if tap is None:
-            return features, None
-        return features, self._patch_summaries(tap, grid_thw, self.unit_orders(grid_thw))
+            return output, None
+        return output, self._patch_summaries(tap, grid_thw, self.unit_orders(grid_thw))
+
+    def image_deepstack(self, output: Any, grid_thw: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per image, the vision output's DeepStack levels ((n_i, D) each); none for Qwen2-VL / 2.5-VL."""
+        return [() for _ in range(grid_thw.shape[0])]
 
     # -- positions -------------------------------------------------------------------------------------------
     def unpruned_positions(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -215,15 +226,19 @@ class Qwen2VLAdapter(TargetModel):
 
     def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
         """One group per image (sizes differ): its merged tokens, already in the LLM's space, no [CLS]."""
-        features, summaries = self.encode_images(batch, request)
+        output, summaries = self.run_vision(batch, request)
+        grid_thw = batch["image_grid_thw"]
+        features = _pooler_output(output, grid_thw, self.merge_size)
+        deepstack = self.image_deepstack(output, grid_thw)
         merge = self.merge_size
         groups = []
-        for image, (embeddings, (_, rows, cols)) in enumerate(
-            zip(features, batch["image_grid_thw"].tolist(), strict=True)
-        ):
+        for image, (embeddings, (_, rows, cols)) in enumerate(zip(features, grid_thw.tolist(), strict=True)):
             layout = VisualLayout(embeddings.shape[0], ((rows // merge, cols // merge),), has_cls=False, merge=merge)
             attention = summaries[image] if summaries is not None else None
-            groups.append(VisualGroup(embeddings[None], attention, layout, _identity, layout.num_tokens))
+            levels = tuple(level[None] for level in deepstack[image])
+            groups.append(
+                VisualGroup(embeddings[None], attention, layout, _identity, layout.num_tokens, deepstack=levels)
+            )
         return groups
 
     def sample_costs(

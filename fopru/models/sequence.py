@@ -4,6 +4,7 @@ image's prompt text for text-guided strategies."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 
@@ -91,7 +92,27 @@ def assemble_sequences(
         rows.append((sequence, sequence_positions, visual, torch.cat(piece_visual)))
     if next(image_iter, None) is not None:
         raise ConfigError("more images were given than the prompts have placeholders for")
-    return _left_pad(rows, tuple(images), tuple(images_per_sample))
+    inputs = _left_pad(rows, tuple(images), tuple(images_per_sample))
+    return replace(inputs, deepstack=_place_deepstack(images, inputs.visual_mask))
+
+
+def _place_deepstack(images: Sequence[KeptImage], visual_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Every DeepStack level as (B, L, D), each image's kept features at its kept tokens' positions, zero elsewhere.
+
+    The visual positions, read row by row, hold the images' kept tokens in batch order (how the assembler placed
+    them), which is also how the stock model scatters its features (``masked_scatter``)."""
+    levels = {len(image.deepstack) for image in images}
+    if not images or levels == {0} or visual_mask is None:
+        return ()
+    if len(levels) > 1:
+        raise ConfigError(f"the images carry different numbers of DeepStack levels: {sorted(levels)}")
+    placed = []
+    for level in range(levels.pop()):
+        features = torch.cat([image.deepstack[level] for image in images])
+        dense = features.new_zeros((*visual_mask.shape, features.shape[-1]))
+        dense[visual_mask] = features
+        placed.append(dense)
+    return tuple(placed)
 
 
 def _left_pad(

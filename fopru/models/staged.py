@@ -219,8 +219,13 @@ class StagedDecoder:
         cache: DynamicCache,
         start: int,
         stop: int,
+        deepstack: Sequence[torch.Tensor] = (),
+        prompt_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Layers ``start <= i < stop``, which hold the same tokens; the mask is sized against layer ``start``."""
+        """Layers ``start <= i < stop``, which hold the same tokens; the mask is sized against layer ``start``.
+
+        ``deepstack`` (prefill only): per level i, (B, L, D) features over the prefill sequence added to layer i's
+        output; ``prompt_index`` (B, L_s) says which prefill position each present token is (-1: none)."""
         mask = create_causal_mask(
             config=self.decoder.config,
             inputs_embeds=hidden,
@@ -232,6 +237,8 @@ class StagedDecoder:
             hidden = self.layers[index](
                 hidden, attention_mask=mask, position_embeddings=rotary, past_key_values=cache, use_cache=True
             )
+            if index < len(deepstack) and prompt_index is not None:
+                hidden = _add_at_prompt_positions(hidden, deepstack[index], prompt_index)
         return hidden
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -249,6 +256,7 @@ class StagedDecoder:
         ranking: Ranking = "own",
         renumber: bool = False,
         method: LLMPruning | None = None,
+        deepstack: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, list[Segment]]:
         """Run the prompt, dropping visual tokens at every boundary; returns last-position logits and segments.
 
@@ -266,6 +274,9 @@ class StagedDecoder:
                 0) and later decode steps shift down by the tokens dropped (``Segment.shift``); ignored for M-RoPE.
             method: the in-LLM method; one with its own selection rule (``selects``) chooses the survivors from
                 layer ``b - 1``'s output, queries and keys, else the last token's attention ranks them.
+            deepstack: Qwen3-VL's DeepStack levels, (B, L, D) each (zero off the visual tokens): level i is added
+                to layer i's output at the tokens still present there, so a token dropped at an earlier boundary
+                takes none and recycled tokens take none.
         """
         if ranking not in RANKINGS:
             raise ConfigError(f"ranking={ranking!r} is not one of {list(RANKINGS)}")
@@ -290,14 +301,14 @@ class StagedDecoder:
             kept = torch.minimum(kept, visual.sum(dim=1))
             rotary = self._rotary(hidden, positions)
             mask = segment.attention_mask
-            hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1)
+            hidden = self._run(hidden, mask, rotary, cache, segment.start, layer - 1, deepstack, segment.prompt_index)
             ranked = (kept > 0) & (kept < visual.sum(dim=1))  # some but not all survive: a rule must choose
             ranks = bool(ranked.any())
             recycled: list[Recycled] | None = None
             if ranks and own_rule:
                 assert method is not None
                 with QueryKeyProbe(self.layers[layer - 1].get_submodule("self_attn")) as recorder:
-                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer, deepstack, segment.prompt_index)
                 assert recorder.query is not None and recorder.key is not None
                 state = BoundaryInputs(
                     hidden=hidden,
@@ -317,11 +328,11 @@ class StagedDecoder:
                 keep = torch.where(ranked[:, None], chosen, trivial)
             elif ranks and ranking == "own":
                 with LastQueryAttention(self.layers[layer - 1].get_submodule("self_attn")) as probe:
-                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                    hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer, deepstack, segment.prompt_index)
                 assert probe.rows is not None
                 keep = rank_visual(probe.rows, visual, kept)
             elif ranks:  # ranking == "next"
-                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer, deepstack, segment.prompt_index)
                 next_mask = create_causal_mask(
                     config=self.decoder.config,
                     inputs_embeds=hidden,
@@ -332,7 +343,7 @@ class StagedDecoder:
                 probe_next = NextLayerScores(self.layers[layer].get_submodule("self_attn"))
                 keep = rank_visual(probe_next.score(self.layers[layer], hidden, next_mask, rotary), visual, kept)
             else:  # every visual token kept, or all withdrawn: no ranking needed
-                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer)
+                hidden = self._run(hidden, mask, rotary, cache, layer - 1, layer, deepstack, segment.prompt_index)
                 keep = rank_visual(torch.zeros(visual.shape, device=device), visual, kept)
             keep = keep & segment.attention_mask.bool()
             centre_positions = None
@@ -359,7 +370,9 @@ class StagedDecoder:
                 guide, prompt_index = stream.guide, stream.prompt_index
             segment = Segment(layer, self.depth, survived.to(attention_mask.dtype), prompt_index, shift)
         rotary = self._rotary(hidden, positions)
-        hidden = self._run(hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop)
+        hidden = self._run(
+            hidden, segment.attention_mask, rotary, cache, segment.start, segment.stop, deepstack, segment.prompt_index
+        )
         segments.append(segment)
         return self._logits(hidden), segments
 
@@ -378,3 +391,11 @@ class StagedDecoder:
                 shifted = self._rotary(hidden, position_ids - segment.shift.to(position_ids)[None, :, None])
             hidden = self._run(hidden, segment.attention_mask, shifted, cache, segment.start, segment.stop)
         return self._logits(hidden)
+
+
+def _add_at_prompt_positions(hidden: torch.Tensor, features: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    """(B, L_s, D) ``hidden`` plus (B, L, D) prefill-sequence ``features`` at each token's prefill position."""
+    present = prompt_index >= 0
+    index = prompt_index.clamp_min(0)[..., None].expand(-1, -1, features.shape[-1])
+    added = features.to(hidden.dtype).gather(1, index).masked_fill(~present[..., None], 0)
+    return hidden + added

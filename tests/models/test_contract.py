@@ -174,8 +174,7 @@ def test_pruned_logits_equal_a_hand_fed_language_model(name: str, case: Case, po
         embeds = torch.cat([text[:start], features[kept.indices], text[stop:]])[None]
         columns = torch.cat([torch.arange(start), start + kept.indices, torch.arange(stop, ids.shape[0])])
         position_ids = contract.hand_positions(adapter, batch, columns, positions)
-        mask = torch.ones_like(columns)[None]
-        expected = model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask).logits[0]
+    expected = contract.hand_fed_logits(adapter, batch, embeds, position_ids, kept.indices, start)
     torch.testing.assert_close(adapter.prefill_logits(inputs)[0], expected)
 
 

@@ -74,6 +74,25 @@ def rope_positions(adapter: TargetModel, positions: torch.Tensor) -> torch.Tenso
     return positions[0] if positions.shape[0] == 1 else positions
 
 
+def deepstack_arguments(inputs: LanguageInputs) -> dict[str, Any]:
+    """What the stock language model takes to add Qwen3-VL's DeepStack features at the visual positions (nothing
+    for families without DeepStack)."""
+    if not inputs.deepstack:
+        return {}
+    assert inputs.visual_mask is not None
+    visual = inputs.visual_mask & inputs.attention_mask.bool()
+    return {"visual_pos_masks": visual, "deepstack_visual_embeds": [level[visual] for level in inputs.deepstack]}
+
+
+def layer_inputs(hidden_states: tuple[torch.Tensor, ...], inputs: LanguageInputs) -> list[torch.Tensor]:
+    """What enters each layer, from the stock model's recorded hidden states (the embeddings, then every layer's
+    output): a layer's output plus its DeepStack level, where the family has one, as the stock forward adds it."""
+    entering = [hidden_states[0]]
+    for index, hidden in enumerate(hidden_states[1:]):
+        entering.append(hidden + inputs.deepstack[index] if index < len(inputs.deepstack) else hidden)
+    return entering
+
+
 def reference_logits(
     adapter: TargetModel,
     inputs: LanguageInputs,
@@ -111,6 +130,9 @@ def reference_logits(
         allowed = causal[None] & keys[:, None, :]
         mask = torch.zeros(batch, 1, total, total).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
         hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary)
+        if index < len(inputs.deepstack):  # Qwen3-VL: DeepStack level i joins layer i's output at the visual tokens
+            level = inputs.deepstack[index]
+            hidden = hidden + torch.cat([level, level.new_zeros(batch, steps, level.shape[-1])], dim=1)
     logits: torch.Tensor = adapter.model.lm_head(language.norm(hidden[:, -1]))
     return logits
 
@@ -125,6 +147,7 @@ def eager_attentions(adapter: TargetModel, inputs: LanguageInputs) -> tuple[torc
             attention_mask=inputs.attention_mask,
             position_ids=rope_positions(adapter, inputs.position_ids),
             output_attentions=True,
+            **deepstack_arguments(inputs),
         )
     finally:
         adapter.model.set_attn_implementation("sdpa")
@@ -154,6 +177,7 @@ def test_probe_rows_equal_eager_attention_and_leave_the_layer_unchanged(deep_fam
         "inputs_embeds": inputs.inputs_embeds,
         "attention_mask": inputs.attention_mask,
         "position_ids": rope_positions(adapter, inputs.position_ids),
+        **deepstack_arguments(inputs),
     }
     plain = language(**arguments).last_hidden_state
     expected = eager_last_rows(adapter, inputs)
@@ -184,6 +208,7 @@ def test_keeping_every_token_equals_the_stock_path(deep_family: tuple[str, Targe
         inputs.visual_mask,  # type: ignore[arg-type]
         [(), ()],
         DynamicCache(),
+        deepstack=inputs.deepstack,
     )
     expected = adapter.prefill_logits(inputs)[:, -1:]
     torch.testing.assert_close(cache_logits, expected, rtol=1e-5, atol=1e-5)
@@ -226,6 +251,7 @@ def test_pruned_generation_equals_a_masked_reference(deep_family: tuple[str, Tar
         ranking=method.ranking,
         renumber=method.renumber,
         method=method,
+        deepstack=inputs.deepstack,
     )
     renumber = method.renumber
     reference = reference_logits(adapter, inputs, generation, boundaries, 0, renumber)
@@ -322,15 +348,20 @@ def test_dart_pivots_come_from_the_stock_layers_keys_and_states(deep_family: tup
     generation = adapter.generate(batch_of(name, adapter, [0, 1]), pipeline_with(method), max_new_tokens=1)
     inputs = generation.inputs
     language = adapter.model.model.language_model
-    hidden = language(
+    recorded = language(
         inputs_embeds=inputs.inputs_embeds,
         attention_mask=inputs.attention_mask,
         position_ids=rope_positions(adapter, inputs.position_ids),
         output_hidden_states=True,
+        **deepstack_arguments(inputs),
     ).hidden_states
+    hidden = layer_inputs(recorded, inputs)
     attention = language.layers[1].self_attn
     projected = attention.k_proj(language.layers[1].input_layernorm(hidden[1]))
-    keys = projected.view(*projected.shape[:2], -1, attention.head_dim).transpose(1, 2)
+    keys = projected.view(*projected.shape[:2], -1, attention.head_dim)
+    if hasattr(attention, "k_norm"):  # Qwen3 normalises each key head before the rotary embedding
+        keys = attention.k_norm(keys)
+    keys = keys.transpose(1, 2)
     cos, sin = language.rotary_emb(hidden[1], rope_positions(adapter, inputs.position_ids))
     _, keys = sys.modules[type(attention).__module__].apply_rotary_pos_emb(keys, keys, cos, sin)
     norms = keys.abs().sum(dim=-1).sum(dim=1)

@@ -90,6 +90,24 @@ class FamilyContract(ABC):
             return columns[None]
         return torch.arange(columns.shape[0])[None]
 
+    def hand_fed_logits(
+        self,
+        adapter: TargetModel,
+        batch: Mapping[str, torch.Tensor],
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        kept: torch.Tensor,
+        start: int,
+    ) -> torch.Tensor:
+        """(L, V) the stock model's logits on the hand-built (1, L, D) ``embeds`` (no padding); the image's stock
+        features of tokens ``kept`` sit from column ``start`` on. Default: the stock forward on the embeddings
+        alone; families whose image features also enter later layers (Qwen3-VL's DeepStack) add them here."""
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        with torch.no_grad():
+            output = adapter.model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask)
+        logits: torch.Tensor = output.logits[0]
+        return logits
+
     def stock_logits(self, adapter: TargetModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, V) the stock model's prefill logits on a prepared (left-padded) batch."""
         with torch.no_grad():

@@ -145,7 +145,7 @@ def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zer
     assert sorted(tokenizer.convert_ids_to_tokens(offered[0, 0].nonzero().flatten().tolist())) == ["blue", "red"]
     assert offered[1, 0].all()  # a question never seen in training: any token
     images_only = ConversationCollator(adapter, choices=choices, text=False)(items)
-    assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices"}
+    assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices", "patch_coverage"}
     assert torch.equal(images_only["pixel_values"], batch["pixel_values"])
     assert torch.equal(images_only["answer_choices"], offered)
 

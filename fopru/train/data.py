@@ -119,8 +119,10 @@ class ConversationCollator:
     ``answer_tokens`` (the first token of each turn's answer; -100 for yes/no answers, which the image alone cannot
     predict, and past the last turn) are the answer probe's targets and ``answer_choices`` (turn x vocabulary) the
     first tokens it chooses from: the question's answers in ``choices`` (all tokens for questions not in it).
-    ``augment="dihedral"`` turns each image's pixels by a seeded random one of the 8 symmetries of the square.
-    ``text=False`` (the vision phase) leaves out the token sequences: pixels and probe targets only.
+    ``augment="dihedral"`` turns each image's pixels by a seeded random one of the 8 symmetries of the square;
+    ``"placement"`` also scales the shape and moves it to a random place where it stays whole (:func:`place_shape`).
+    ``text=False`` (the vision phase) leaves out the token sequences: pixels, probe targets and ``patch_coverage``
+    ((batch, patches) float: the fraction of each patch's pixels on the shape, :func:`patch_coverage`).
     """
 
     def __init__(
@@ -149,7 +151,10 @@ class ConversationCollator:
             return pixels
         symmetry = int(torch.randint(8, (1,), generator=self.generator))
         turned = torch.rot90(pixels, symmetry % 4, dims=(-2, -1))
-        return turned.flip(-1) if symmetry >= 4 else turned
+        turned = turned.flip(-1) if symmetry >= 4 else turned
+        if self.augment == "placement":
+            return place_shape(turned, self.generator)
+        return turned
 
     def ids(self, text: str) -> list[int]:
         return list(self.target.processor.tokenizer(text, add_special_tokens=False).input_ids)
@@ -158,7 +163,9 @@ class ConversationCollator:
         batch = self.probe_targets(items)
         if not self.text:
             pixels = self.target.processor.image_processor([item["image"] for item in items], return_tensors="pt")
-            return {"pixel_values": torch.stack([self.transform(p) for p in pixels["pixel_values"]]), **batch}
+            pixel_values = torch.stack([self.transform(p) for p in pixels["pixel_values"]])
+            coverage = patch_coverage(pixel_values, int(self.target.processor.patch_size))
+            return {"pixel_values": pixel_values, "patch_coverage": coverage, **batch}
         return {**batch, **self.sequences(items)}
 
     def probe_targets(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -254,6 +261,66 @@ class ConversationCollator:
             layout.positions.extend(range(cut, cut + len(asked) + len(reply)))
             layout.segments.extend([turn] * (len(asked) + len(reply)))
         return layout
+
+
+#: A pixel belongs to the shape where some channel differs from the background's by more than this, in the
+#: processor's normalised units (CLIP's std is about 0.27: about 35 of 255 grey levels). easy-VQA's backgrounds are
+#: near-white with a few levels of noise; its darkest-to-lightest shape colours all clear this by far.
+SHAPE_THRESHOLD = 0.5
+#: Scale range of :func:`place_shape` (bounded further so that the shape stays inside the image).
+SCALES = (0.7, 1.3)
+
+
+def shape_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """(..., height, width) bool: the pixels of (..., channels, height, width) ``pixels`` that are not background.
+
+    The background is the per-channel median of the image: one flat colour covering most of an easy-VQA image.
+    """
+    flat = pixels.flatten(-2)
+    background = flat.median(dim=-1).values[..., None, None]
+    return (pixels - background).abs().amax(dim=-3) > SHAPE_THRESHOLD
+
+
+def patch_coverage(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(batch, patches) float32: the fraction of each ``patch_size`` square's pixels on the shape, raster order
+    (the vision tower's patch order) of (batch, channels, height, width) ``pixels``."""
+    mask = shape_mask(pixels).float()[:, None]
+    return torch.nn.functional.avg_pool2d(mask, patch_size).flatten(1)
+
+
+def place_shape(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``pixels`` (channels, height, width) with the shape scaled by a random factor in :data:`SCALES` about its
+    bounding box's centre and moved to a random place where its box stays inside the image; the background
+    colour fills what is uncovered. An image without a shape is returned as it is."""
+    mask = shape_mask(pixels)
+    rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+    if rows.numel() == 0:
+        return pixels
+    height, width = mask.shape
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    extent = max(bottom - top, right - left)
+    low, high = SCALES[0], min(SCALES[1], min(height, width) / extent)  # high >= 1 > low: the box always fits
+    uniform = torch.rand(3, generator=generator)
+    scale = low + float(uniform[0]) * (high - low)
+    box_height, box_width = (bottom - top) * scale, (right - left) * scale
+    # The box's new centre, in pixel coordinates (pixel i spans [i, i + 1]), anywhere the scaled box fits.
+    new_row = box_height / 2 + float(uniform[1]) * (height - box_height)
+    new_col = box_width / 2 + float(uniform[2]) * (width - box_width)
+    old_row, old_col = (top + bottom) / 2, (left + right) / 2
+    # affine_grid maps each output location to the input location it reads, both normalised to [-1, 1]
+    # (align_corners=False: x = 2 u / size - 1); input u = old centre + (output u - new centre) / scale.
+    theta = torch.tensor(
+        [
+            [1 / scale, 0.0, 1 / scale - 1 + 2 * (old_col - new_col / scale) / width],
+            [0.0, 1 / scale, 1 / scale - 1 + 2 * (old_row - new_row / scale) / height],
+        ]
+    )
+    grid = torch.nn.functional.affine_grid(theta[None], [1, *pixels.shape], align_corners=False)
+    background = pixels.flatten(-2).median(dim=-1).values[:, None, None]
+    moved = torch.nn.functional.grid_sample(
+        (pixels - background)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[0]
+    return moved + background
 
 
 @dataclass

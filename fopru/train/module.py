@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 PHASES = ("vision", "language")
 #: Batch entries the loss reads but the model does not take.
-TARGETS_ONLY = ("answer_tokens", "answer_choices", "label_weights")
+TARGETS_ONLY = ("answer_tokens", "answer_choices", "label_weights", "patch_coverage")
+#: A patch token at least this much on the shape answers for the object (the patch answer probe's targets).
+COVERED = 0.5
 
 
 class TrainingModule(L.LightningModule):
@@ -27,9 +29,12 @@ class TrainingModule(L.LightningModule):
     answers whose every token (and the end of sequence) is the argmax under teacher forcing, which for the first turn
     is what greedy decoding returns.
 
-    ``vision``: only the answer probe on the vision tower's features (projector and language model do not run); logs
-    ``train/probe_loss``, ``val/probe_loss`` and ``val/probe_accuracy`` (answers that are not yes/no, each chosen
-    among its question's answers).
+    ``vision``: only the answer probe on the vision tower's features (projector and language model do not run),
+    reading [CLS] or the mean patch token (``vision_readout``), plus with ``patch_loss`` > 0 the patch-local heads;
+    logs ``train/probe_loss``, ``val/probe_loss`` and ``val/probe_accuracy`` (answers that are not yes/no, each
+    chosen among its question's answers), and with the patch heads ``train/coverage_loss``, ``train/patch_loss``,
+    ``val/coverage_accuracy`` (patches rightly called on or off the shape, at half coverage) and
+    ``val/patch_accuracy`` (the image's answers read off each patch token at least half on the shape).
     """
 
     def __init__(self, model: Any, recipe: TrainingRecipe, phase: str = "language") -> None:
@@ -46,6 +51,9 @@ class TrainingModule(L.LightningModule):
         width = model.config.vision_config.hidden_size if phase == "vision" else text.hidden_size
         wants_probe = phase == "vision" or recipe.answer_probe > 0
         self.probe = torch.nn.Linear(width, text.vocab_size) if wants_probe else None
+        patch_heads = phase == "vision" and recipe.patch_loss > 0
+        self.coverage_head = torch.nn.Linear(width, 1) if patch_heads else None
+        self.patch_probe = torch.nn.Linear(width, text.vocab_size) if patch_heads else None
         if phase == "language" and recipe.freeze_vision:
             self.model.model.vision_tower.requires_grad_(False)
 
@@ -84,19 +92,60 @@ class TrainingModule(L.LightningModule):
         )
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The vision features the projector reads (``vision_feature_layer``, [CLS] left out as LLaVA's ``default``
-        strategy does), without running the projector or the language model."""
-        config = self.model.config
+        """The vision features the projector reads (``vision_feature_layer``), [CLS] included as the tower outputs
+        it, without running the projector or the language model."""
         output = self.model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
-        features: torch.Tensor = output.hidden_states[config.vision_feature_layer]
-        return features[:, 1:] if config.vision_feature_select_strategy == "default" else features
+        features: torch.Tensor = output.hidden_states[self.model.config.vision_feature_layer]
+        return features
+
+    def vision_logits(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The vision phase's predictions from ``features`` (images, 1 + patches, width): ``probe`` (images, turns,
+        vocabulary) from [CLS] or the mean patch token, and with the patch heads ``coverage`` (images, patches) and
+        ``patch`` (open turns, patches, vocabulary), for each turn with an answer the probe can predict (yes/no
+        turns have none); answers outside each question's choices are masked out."""
+        assert self.probe is not None
+        choices = batch["answer_choices"]
+        patches = features[:, 1:]
+        pooled = features[:, 0] if self.recipe.vision_readout == "cls" else patches.mean(dim=1)
+        lowest = torch.finfo(features.dtype).min
+        logits = {"probe": self.probe(pooled)[:, None].expand(-1, choices.shape[1], -1).masked_fill(~choices, lowest)}
+        if self.coverage_head is not None and self.patch_probe is not None:
+            logits["coverage"] = self.coverage_head(patches).squeeze(-1)
+            open_turns = batch["answer_tokens"] != -100
+            per_patch = self.patch_probe(patches)[open_turns.nonzero()[:, 0]]
+            logits["patch"] = per_patch.masked_fill(~choices[open_turns][:, None], lowest)
+        return logits
+
+    @staticmethod
+    def patch_answers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(open turns, patches) the patch probe's targets: each open turn's answer on its image's patches at least
+        :data:`COVERED` on the shape, -100 elsewhere."""
+        open_turns = batch["answer_tokens"] != -100
+        covered = (batch["patch_coverage"] >= COVERED)[open_turns.nonzero()[:, 0]]
+        answers = batch["answer_tokens"][open_turns][:, None].expand(-1, covered.shape[1])
+        return answers.masked_fill(~covered, -100)
+
+    def vision_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``probe`` (cross-entropy of the image's answers), and with the patch heads ``coverage`` (binary
+        cross-entropy against each patch's shape fraction) and ``patch`` (cross-entropy of the image's answers on
+        each covered patch)."""
+        logits = self.vision_logits(self.image_features(batch), batch)
+        losses = {"probe": self.answer_loss(logits["probe"], batch["answer_tokens"])}
+        if "patch" in logits:
+            losses["coverage"] = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits["coverage"], batch["patch_coverage"].to(logits["coverage"].dtype)
+            )
+            losses["patch"] = self.answer_loss(logits["patch"], self.patch_answers(batch))
+        return losses
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         size = batch["answer_tokens"].shape[0]
         if self.phase == "vision":
-            loss = self.probe_loss(self.image_features(batch), batch)
-            self.log("train/probe_loss", loss, prog_bar=True, batch_size=size)
-            return loss
+            losses = self.vision_losses(batch)
+            for name, value in losses.items():
+                self.log(f"train/{name}_loss", value, prog_bar=name == "probe", batch_size=size)
+            patch_terms = [value for name, value in losses.items() if name != "probe"]
+            return losses["probe"] + self.recipe.patch_loss * sum(patch_terms, torch.zeros(()))
         output = self(batch)
         loss = output.loss if "label_weights" not in batch else weighted_loss(output.logits, batch)
         self.log("train/lm_loss", loss, prog_bar=True, batch_size=size)
@@ -108,22 +157,36 @@ class TrainingModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if self.phase == "vision":
-            features = self.image_features(batch)
-            answers = batch["answer_tokens"]
-            labelled = answers != -100
-            count = int(labelled.sum())
-            if count == 0:
-                return
-            logits = self.probe_logits(features, batch)
-            correct = ((logits.argmax(dim=-1) == answers) & labelled).sum().float()
-            loss = self.answer_loss(logits, answers)
-            self.log("val/probe_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
-            self.log("val/probe_accuracy", correct / count, prog_bar=True, batch_size=count, sync_dist=True)
+            self.vision_validation(batch)
             return
         output = self(batch)
         hits, count = answer_hits(output.logits, batch["labels"])
         self.log("val/loss", output.loss, prog_bar=True, batch_size=count, sync_dist=True)
         self.log("val/answer_accuracy", hits / count, prog_bar=True, batch_size=count, sync_dist=True)
+
+    def vision_validation(self, batch: dict[str, torch.Tensor]) -> None:
+        """Logs the vision phase's validation metrics (see the class docstring)."""
+        logits = self.vision_logits(self.image_features(batch), batch)
+        answers = batch["answer_tokens"]
+        labelled = answers != -100
+        count = int(labelled.sum())
+        if count == 0:
+            return
+        correct = ((logits["probe"].argmax(dim=-1) == answers) & labelled).sum().float()
+        loss = self.answer_loss(logits["probe"], answers)
+        self.log("val/probe_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log("val/probe_accuracy", correct / count, prog_bar=True, batch_size=count, sync_dist=True)
+        if "patch" not in logits:
+            return
+        coverage = batch["patch_coverage"]
+        called = (logits["coverage"] > 0) == (coverage >= COVERED)
+        self.log("val/coverage_accuracy", called.float().mean(), batch_size=coverage.numel(), sync_dist=True)
+        targets = self.patch_answers(batch)
+        scored = targets != -100
+        if bool(scored.any()):
+            hits = ((logits["patch"].argmax(dim=-1) == targets) & scored).sum().float()
+            scored_count = int(scored.sum())
+            self.log("val/patch_accuracy", hits / scored_count, batch_size=scored_count, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if key.startswith("val/")}
@@ -136,7 +199,7 @@ class TrainingModule(L.LightningModule):
             named = [
                 (name, parameter)
                 for name, parameter in self.named_parameters()
-                if name.startswith(("model.model.vision_tower", "probe"))
+                if name.startswith(("model.model.vision_tower", "probe", "coverage_head", "patch_probe"))
             ]
             learning_rate, steps = recipe.vision_learning_rate, recipe.vision_steps
         else:

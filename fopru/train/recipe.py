@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fopru.errors import ConfigError
 
-AUGMENTATIONS = ("none", "dihedral")
+AUGMENTATIONS = ("none", "dihedral", "placement")
+READOUTS = ("cls", "mean")
 TURN_LAYOUTS = ("isolated", "chained")
 
 
@@ -12,9 +13,11 @@ class TrainingRecipe:
     """How ``stage=train`` fits a model, in up to two phases, each AdamW with linear warm-up and cosine decay to zero.
 
     1. Vision (``vision_steps`` > 0): the vision tower learns, without projector and language model, to answer the
-       questions about each image that are not yes/no from its mean visual feature (a linear answer probe choosing
-       among the answers each question received in training: in effect a shape and a colour classifier on
-       easy-VQA). This stands in for the pretrained vision encoder every LVLM starts from.
+       questions about each image that are not yes/no from one vector (``vision_readout``: its [CLS] token, as a ViT
+       is trained, or its mean visual feature) through a linear answer probe choosing among the answers each
+       question received in training: in effect a shape and a colour classifier on easy-VQA. With ``patch_loss`` > 0
+       each patch token also learns what it itself covers (see ``patch_loss``). This stands in for the pretrained
+       vision encoder every LVLM starts from.
     2. Language (``max_steps``): next-token loss on the answers of several questions per image (``turns``); with
        ``freeze_vision`` the vision tower stays as phase 1 left it (as in LLaVA-1.5) and only projector and
        language model learn.
@@ -35,12 +38,21 @@ class TrainingRecipe:
         answer_probe: weight of an auxiliary loss that asks a linear probe on the image's mean projected visual token
             to predict the first token of each of its answers (0: none). It gives the vision tower a direct signal
             for what the answers need (a shape, a colour) instead of only through the language model.
+        vision_readout: what the vision phase's answer probe reads, at the layer the projector reads: ``cls``
+            (the [CLS] token, which must gather the answer from the patches by attention) or ``mean`` (the mean patch
+            token, which lets every patch token carry the whole image).
+        patch_loss: weight of the vision phase's patch-local objectives (0: none): a linear head on each patch token
+            predicts the fraction of its pixels on the shape, and a second answer probe on each patch token that is
+            at least half on the shape predicts the image's answers (the object it belongs to), so that background
+            tokens carry background and the shape's tokens carry the shape, as in a pretrained ViT.
         vision_steps: optimizer steps of the vision phase (0: none; the language phase trains the tower from scratch).
         vision_batch_size: conversations per vision-phase step.
         vision_learning_rate: peak learning rate of the vision phase.
         freeze_vision: keep the vision tower fixed during the language phase.
         augment: ``dihedral``: each training image is rotated by a random multiple of 90 degrees and maybe mirrored
-            (for benchmarks whose answers do not depend on orientation, such as easy-VQA); ``none``.
+            (for benchmarks whose answers do not depend on orientation, such as easy-VQA); ``placement``: that, and
+            the shape scaled by 0.7-1.3 and moved to a random place where it stays whole (for one-object images on a
+            flat background whose answers depend on neither size nor place, such as easy-VQA's); ``none``.
         gradient_clip: maximum global gradient norm (AdamW betas are 0.9 / 0.95, as for small transformers trained
             from scratch).
         val_fraction: fraction of the training images held out, with all their questions, for validation.
@@ -63,6 +75,8 @@ class TrainingRecipe:
         answer_probe: float = 1.0,
         gradient_clip: float = 1.0,
         vision_steps: int = 0,
+        vision_readout: str = "mean",
+        patch_loss: float = 0.0,
         vision_batch_size: int = 64,
         vision_learning_rate: float = 2e-3,
         freeze_vision: bool = False,
@@ -93,6 +107,10 @@ class TrainingRecipe:
             raise ConfigError(f"train.turns={turns!r} is not one of {', '.join(TURN_LAYOUTS)}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"train.augment={augment!r} is not one of {', '.join(AUGMENTATIONS)}")
+        if vision_readout not in READOUTS:
+            raise ConfigError(f"train.vision_readout={vision_readout!r} is not one of {', '.join(READOUTS)}")
+        if not patch_loss >= 0:
+            raise ConfigError(f"train.patch_loss={patch_loss!r} must be >= 0")
         if answer_probe < 0:
             raise ConfigError(f"train.answer_probe={answer_probe!r} must be >= 0")
         if not gradient_clip > 0:
@@ -114,6 +132,8 @@ class TrainingRecipe:
         self.gradient_clip = float(gradient_clip)
         self.answer_probe = float(answer_probe)
         self.vision_steps = vision_steps
+        self.vision_readout = vision_readout
+        self.patch_loss = float(patch_loss)
         self.vision_batch_size = vision_batch_size
         self.vision_learning_rate = float(vision_learning_rate)
         self.freeze_vision = bool(freeze_vision)

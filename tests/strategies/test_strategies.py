@@ -216,6 +216,21 @@ def test_uniform_takes_an_even_lattice() -> None:
     assert selection.indices.tolist() == [[r * 6 + c for r in (1, 3, 5) for c in (1, 3, 5)]]
 
 
+def test_centre_keeps_the_patches_nearest_the_middle() -> None:
+    centre = load("strategy", "centre", PruningStrategy)
+    square = VisualLayout.from_grid((4, 4))
+    # 4 x 4: the middle is the corner shared by patches 5, 6, 9, 10 (squared distance 0.5 each); next come the
+    # eight at 2.5 (1, 2, 4, 7, 8, 11, 13, 14), ties toward the lower index; the corners (4.5) come last.
+    for significance in (torch.rand(2, 16), torch.arange(16.0).expand(2, -1)):  # significance is ignored
+        assert centre.select(significance, square, Budget(keep=0.25)).indices.tolist() == [[5, 6, 9, 10]] * 2
+        assert centre.select(significance, square, Budget(keep=0.5)).indices.tolist() == [[5, 6, 9, 10, 1, 2, 4, 7]] * 2
+    # 3 x 5: the middle is patch 7 (row 1, column 2); then 2, 6, 8, 12 at distance 1.
+    wide = centre.select(torch.rand(1, 15), VisualLayout.from_grid((3, 5)), Budget(keep=1.0, keep_tokens=3))
+    assert wide.indices.tolist() == [[7, 2, 6]]
+    # Without a grid: the middle of the sequence.
+    assert centre.select(torch.rand(1, 5), VisualLayout(5), Budget(keep=0.2)).indices.tolist() == [[2]]
+
+
 def test_pool_averages_bins() -> None:
     selection = load("strategy", "pool", PruningStrategy).select(
         torch.rand(1, 16), VisualLayout.from_grid((4, 4)), Budget(keep=0.25)

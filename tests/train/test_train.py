@@ -24,6 +24,9 @@ from fopru.train.data import (
     answer_choices,
     conversations,
     held_out_positions,
+    patch_coverage,
+    place_shape,
+    shape_mask,
     yes_no_weights,
 )
 from fopru.train.module import TrainingModule, answer_hits, weighted_loss
@@ -142,7 +145,7 @@ def test_the_collator_puts_the_loss_on_the_answers_and_counts_positions_from_zer
     assert sorted(tokenizer.convert_ids_to_tokens(offered[0, 0].nonzero().flatten().tolist())) == ["blue", "red"]
     assert offered[1, 0].all()  # a question never seen in training: any token
     images_only = ConversationCollator(adapter, choices=choices, text=False)(items)
-    assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices"}
+    assert images_only.keys() == {"pixel_values", "answer_tokens", "answer_choices", "patch_coverage"}
     assert torch.equal(images_only["pixel_values"], batch["pixel_values"])
     assert torch.equal(images_only["answer_choices"], offered)
 
@@ -291,7 +294,9 @@ def test_the_shipped_mini_llava_answers_yes_no_from_the_image() -> None:
         (["model=tiny_llava"], "cannot be trained from scratch"),
         (["data=pope"], "has no training split"),
         (["train.max_steps=0"], "train.max_steps=0"),
-        (["train.augment=mirror"], "train.augment='mirror' is not one of none, dihedral"),
+        (["train.augment=mirror"], "train.augment='mirror' is not one of none, dihedral, placement"),
+        (["train.vision_readout=max"], "train.vision_readout='max' is not one of cls, mean"),
+        (["train.patch_loss=-1"], "train.patch_loss=-1"),
         (["train.turns=interleaved"], "train.turns='interleaved' is not one of isolated, chained"),
         (["train.vision_steps=-1"], "train.vision_steps=-1"),
         (["train.resume=nowhere"], "train.resume='nowhere' is not a training run folder"),
@@ -338,6 +343,81 @@ def test_dihedral_augmentation_turns_pixels_by_a_symmetry_of_the_square(tmp_path
         [index] = [i for i, symmetry in enumerate(symmetries) if torch.equal(pixels, symmetry)]
         seen.add(index)
     assert seen == set(range(8))
+
+
+def flat_image(background: tuple[float, float, float], size: int = 16) -> torch.Tensor:
+    return torch.tensor(background)[:, None, None].expand(3, size, size).clone()
+
+
+def test_patch_coverage_is_the_shape_s_share_of_each_patch_by_hand() -> None:
+    pixels = flat_image((1.8, 1.9, 2.0), size=8)  # near-white, in normalised units
+    pixels[:, 0:1, 0:1] += 0.1  # background noise: below the threshold
+    pixels[:, 2:6, 1:3] = torch.tensor([1.9, -1.6, -1.4])[:, None, None]  # a red block, rows 2-5, columns 1-2
+    mask = shape_mask(pixels)
+    assert mask.sum() == 8 and mask[2:6, 1:3].all()
+    # 4 x 4 patches: patch 0 (rows 0-3, cols 0-3) holds rows 2-3 x cols 1-2 = 4 of its 16 pixels; patch 2 (rows
+    # 4-7, cols 0-3) the other 4; patches 1 and 3 none.
+    assert patch_coverage(pixels[None], 4).tolist() == [[0.25, 0.0, 0.25, 0.0]]
+
+
+def test_placement_scales_and_moves_the_shape_and_keeps_it_whole() -> None:
+    background = (1.8, 1.9, 2.0)
+    pixels = flat_image(background, size=64)
+    pixels[:, 10:20, 30:40] = torch.tensor([-1.7, -1.7, -1.4])[:, None, None]  # a black 10 x 10 square
+    generator = torch.Generator().manual_seed(0)
+    centres = set()
+    for _ in range(20):
+        moved = place_shape(pixels, generator)
+        mask = shape_mask(moved)
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        # Whole: the box is inside the image with its border background, sides 7-13 pixels (+1 for resampling).
+        height, width = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+        assert 7 <= height <= 14 and 7 <= width <= 14 and abs(height - width) <= 1
+        assert torch.allclose(moved[:, ~mask], torch.tensor(background)[:, None], atol=0.5)
+        # The square's inside keeps its colour; far from it the background is untouched.
+        middle = (int(rows[0] + rows[-1]) // 2, int(cols[0] + cols[-1]) // 2)
+        assert torch.allclose(moved[:, middle[0], middle[1]], pixels[:, 15, 35], atol=1e-5)
+        centres.add(middle)
+    assert len(centres) >= 15  # moved to many places
+    assert torch.equal(place_shape(flat_image(background), generator), flat_image(background))  # no shape: as it was
+
+
+def test_vision_phase_reads_cls_or_the_mean_and_each_covered_patch_by_hand(tmp_path: Path) -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    model = adapter.load().model
+    vocabulary = model.config.get_text_config().vocab_size
+    cls_module = TrainingModule(model, TrainingRecipe(vision_readout="cls", patch_loss=1.0), "vision")
+    mean_module = TrainingModule(model, TrainingRecipe(vision_readout="mean"), "vision")
+    assert mean_module.patch_probe is None and mean_module.coverage_head is None
+    features = torch.randn(2, 1 + 4, model.config.vision_config.hidden_size)
+    choices = torch.ones(2, 3, vocabulary, dtype=torch.bool)
+    choices[:, :, 5] = False
+    batch = {
+        "answer_tokens": torch.tensor([[7, -100, 8], [-100, -100, 9]]),  # image 0: two open turns, image 1: one
+        "answer_choices": choices,
+        "patch_coverage": torch.tensor([[1.0, 0.5, 0.25, 0.0], [0.0, 0.0, 0.75, 0.0]]),
+    }
+    with torch.no_grad():
+        logits = cls_module.vision_logits(features, batch)
+        assert cls_module.probe is not None and cls_module.patch_probe is not None
+        expected = cls_module.probe(features[:, 0])
+        torch.testing.assert_close(logits["probe"][:, 1, :5], expected[:, :5])
+        assert (logits["probe"][:, :, 5] == torch.finfo(features.dtype).min).all()
+        assert mean_module.probe is not None
+        pooled = mean_module.vision_logits(features, batch)["probe"]
+        torch.testing.assert_close(pooled[:, 0, :5], mean_module.probe(features[:, 1:].mean(dim=1))[:, :5])
+        # Open turns (0, 0), (0, 2), (1, 2): the patch probe of their images' patches.
+        per_patch = cls_module.patch_probe(features[:, 1:])
+        assert logits["patch"].shape == (3, 4, vocabulary)
+        torch.testing.assert_close(logits["patch"][2, :, :5], per_patch[1, :, :5])
+        assert cls_module.coverage_head is not None
+        torch.testing.assert_close(logits["coverage"], cls_module.coverage_head(features[:, 1:]).squeeze(-1))
+    # Each open turn's answer on its image's patches at least half on the shape.
+    assert TrainingModule.patch_answers(batch).tolist() == [
+        [7, 7, -100, -100],
+        [8, 8, -100, -100],
+        [-100] * 2 + [9, -100],
+    ]
 
 
 def test_two_ddp_processes_train_both_phases(tmp_path: Path) -> None:

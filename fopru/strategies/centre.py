@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fopru.layout import Budget, Grid
 from fopru.strategies.base import PruningStrategy, Selection, StrategyInputs, top_indices
 
 
+@dataclass(frozen=True)
 class CentreStrategy(PruningStrategy):
     """Keep the ``max(1, floor(keep * n))`` patches whose centres lie nearest the grid's centre (Euclidean distance
     in patch units), nearest first, ties toward the lower raster index; significance is ignored.

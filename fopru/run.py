@@ -19,6 +19,7 @@ from fopru.eval.result import RunResult
 from fopru.eval.tracking import ResultLogger
 from fopru.jobs import sweep_name
 from fopru.models.base import TargetModel
+from fopru.models.vision_cache import VisionCache
 from fopru.pareto.units import format_flops
 from fopru.pipeline import PruningPipeline
 from fopru.train.fit import train
@@ -45,6 +46,8 @@ def run(cfg: DictConfig) -> PruningPipeline:
     check_configuration(cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else None)
     pipeline = PruningPipeline.from_config(cfg)
     target = build("model", cfg.model, TargetModel)
+    if "cache" in cfg:
+        target.vision_cache = build("cache", cfg.cache, VisionCache)
     benchmark = build("data", cfg.data, Benchmark)
     result_logger = build("logger", cfg.logger, ResultLogger)
     target.check_positions(pipeline.reorder.positions)

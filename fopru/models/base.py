@@ -331,8 +331,12 @@ class TargetModel(ABC):
         (:meth:`vision_layers_to_run`): the others never run. Exact, because no output after them is read."""
         needed = self.vision_layers_to_run(request)
         layers = self.vision_layers()
-        if needed is None or needed >= len(layers) or self._untruncated is not None:
+        # transformers installs its hidden-state recording hooks on the layers present at a model's first forward:
+        # the first encoding runs the whole tower, so that every layer has them (a stock forward later needs them).
+        first = not getattr(self.model, "_fopru_tower_ran", False)
+        if first or needed is None or needed >= len(layers) or self._untruncated is not None:
             yield
+            self.model._fopru_tower_ran = True
             return
         owner, name = self._owner_of(layers)
         setattr(owner, name, nn.ModuleList(list(layers)[:needed]))

@@ -9,6 +9,7 @@ in :mod:`fopru.models.sequence`, the pruning glue in :mod:`fopru.models.pruning`
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -317,13 +318,25 @@ class TargetModel(ABC):
         return None
 
     def vision_layers_to_run(self, request: PruningRequest) -> int | None:
-        """How many vision layers a request needs: through the feature layer and the tapped layer; ``None``: all."""
+        """How many vision layers a request needs: through the feature layer and the tapped layer; ``None``: all
+        (also where this transformers version records hidden states in a way the truncation does not know)."""
         last = self.feature_layer()
-        if last is None:
+        if last is None or _hook_installer() is None:
             return None
         if request.reduction is not None:
             last = max(last, self.tap_index(request))
-        return last + 1
+        return min(last + 1, len(self._untruncated if self._untruncated is not None else self.vision_layers()))
+
+    def config_as_run(self, request: PruningRequest) -> Any:
+        """The model's config with the vision depth the request runs (:meth:`vision_layers_to_run`): what FLOPs
+        are counted from."""
+        config = self.model.config
+        needed = self.vision_layers_to_run(request)
+        if needed is None or needed == int(config.vision_config.num_hidden_layers):
+            return config
+        shortened = copy.deepcopy(config)
+        shortened.vision_config.num_hidden_layers = needed
+        return shortened
 
     @contextmanager
     def truncated_tower(self, request: PruningRequest) -> Iterator[None]:
@@ -331,14 +344,15 @@ class TargetModel(ABC):
         (:meth:`vision_layers_to_run`): the others never run. Exact, because no output after them is read."""
         needed = self.vision_layers_to_run(request)
         layers = self.vision_layers()
-        # transformers installs its hidden-state recording hooks on the layers present at a model's first forward:
-        # the first encoding runs the whole tower, so that every layer has them (a stock forward later needs them).
-        first = not getattr(self.model, "_fopru_tower_ran", False)
-        if first or needed is None or needed >= len(layers) or self._untruncated is not None:
+        if needed is None or needed >= len(layers) or self._untruncated is not None:
             yield
-            self.model._fopru_tower_ran = True
             return
         owner, name = self._owner_of(layers)
+        # transformers hooks its hidden-state recording onto the layers present at a model's first forward: hook
+        # every model around the tower now, while it is whole, as its own first forward would.
+        install = _hook_installer()
+        for module in self._models_around(layers):
+            install(module)
         setattr(owner, name, nn.ModuleList(list(layers)[:needed]))
         self._untruncated = layers
         try:
@@ -346,6 +360,15 @@ class TargetModel(ABC):
         finally:
             setattr(owner, name, layers)
             self._untruncated = None
+
+    def _models_around(self, layers: nn.ModuleList) -> list[Any]:
+        from transformers import PreTrainedModel
+
+        return [
+            module
+            for module in self.model.modules()
+            if isinstance(module, PreTrainedModel) and any(child is layers for child in module.modules())
+        ]
 
     _untruncated: nn.ModuleList | None = None
 
@@ -653,6 +676,15 @@ class TargetModel(ABC):
         return Generation(
             tokens, [text.strip() for text in texts], inputs, prompt_cache_length, layer_cache_lengths, survivors
         )
+
+
+def _hook_installer() -> Any:
+    """transformers' installer of hidden-state recording hooks, or ``None`` where this version has none."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return None
+    return maybe_install_capturing_hooks
 
 
 def _survivors(segment: Segment, length: int) -> torch.Tensor:

@@ -145,7 +145,7 @@ class LlavaAdapter(TargetModel):
     ) -> list[SampleCost]:
         """Per sample: vision tower on its images, projector on the kept tokens (on all N for strategies that read
         projected tokens), LLM on the kept tokens; the tap runs once per image."""
-        config = self.model.config
+        config = self.config_as_run(request)  # the vision layers that actually run
         layout = self.image_layout()
         costs = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):

@@ -207,7 +207,7 @@ class LlavaNextAdapter(LlavaAdapter):
         """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
         grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens),
         the LLM on the kept tokens with their newlines."""
-        config = self.model.config
+        config = self.config_as_run(request)  # the vision layers that actually run
         layout = self.image_layout()
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)

@@ -47,7 +47,6 @@ def test_the_tower_stops_at_the_layer_it_reads_and_the_logits_do_not_change(
     batch = example_batch(name, adapter, [0, 1])
     pipeline = make_pipeline("rank", keep=0.5, significance=significance, positions="auto")
     depth = len(adapter.vision_layers())
-    adapter.generate(batch, pipeline, max_new_tokens=1)  # the first encoding runs the whole tower (hooks)
     counter = LayerCalls(adapter)
     truncated = adapter.generate(batch, pipeline, max_new_tokens=3)
     calls = counter.calls
@@ -79,7 +78,6 @@ def test_a_tap_past_the_feature_layer_runs_the_tower_through_it() -> None:
     pipeline.significance.layer = -1  # the last layer, which the projector does not read
     depth = len(adapter.vision_layers())
     assert adapter.vision_layers_to_run(pipeline.request) == depth
-    adapter.generate(example_batch("tiny_llava", adapter, [0]), pipeline, max_new_tokens=1)
     counter = LayerCalls(adapter)
     adapter.generate(example_batch("tiny_llava", adapter, [0]), pipeline, max_new_tokens=2)
     counter.remove()
@@ -91,8 +89,7 @@ def test_a_stock_forward_after_a_truncated_one_still_records_every_hidden_state(
     truncated tower would leave the last layers unhooked and break the stock model's image features."""
     adapter = instantiate(OmegaConf.load(CONFIG_DIR / "model" / "tiny_llava.yaml")).load()
     batch = example_batch("tiny_llava", adapter, [0, 1])
-    for _ in range(2):
-        adapter.generate(batch, make_pipeline("rank", keep=0.5), max_new_tokens=1)
+    adapter.generate(batch, make_pipeline("rank", keep=0.5), max_new_tokens=1)  # the model's first forward
     tower = adapter.model.model.vision_tower
     with torch.no_grad():
         hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states

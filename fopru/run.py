@@ -13,15 +13,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fopru.components import build
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
-from fopru.eval.evaluate import evaluate
-from fopru.eval.kept import record_kept_patches
 from fopru.eval.result import RunResult
 from fopru.eval.tracking import ResultLogger
 from fopru.jobs import sweep_name
 from fopru.models.base import TargetModel
+from fopru.models.vision_cache import VisionCache
 from fopru.pareto.units import format_flops
 from fopru.pipeline import PruningPipeline
-from fopru.train.fit import train
 from fopru.train.recipe import TrainingRecipe
 from fopru.validation import check_before_loading, check_configuration
 
@@ -45,6 +43,8 @@ def run(cfg: DictConfig) -> PruningPipeline:
     check_configuration(cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else None)
     pipeline = PruningPipeline.from_config(cfg)
     target = build("model", cfg.model, TargetModel)
+    if "cache" in cfg:
+        target.vision_cache = build("cache", cfg.cache, VisionCache)
     benchmark = build("data", cfg.data, Benchmark)
     result_logger = build("logger", cfg.logger, ResultLogger)
     target.check_positions(pipeline.reorder.positions)
@@ -63,10 +63,17 @@ def run(cfg: DictConfig) -> PruningPipeline:
     if cfg.stage in ("eval", "train"):
         with open_dict(cfg):
             cfg.group = cfg.group or default_group()
+    # Lightning (with torch._dynamo and torchmetrics, about half of a process's start-up) is imported only by the
+    # stages that run a Trainer: validate and load never pay for it.
     if cfg.stage == "train":
+        from fopru.train.fit import train
+
         recipe = build("train", cfg.train, TrainingRecipe)
         train(cfg, target, benchmark.train_split(), recipe, result_logger, folder)
     if cfg.stage == "eval":
+        from fopru.eval.evaluate import evaluate
+        from fopru.eval.kept import record_kept_patches
+
         result = evaluate(cfg, pipeline, target, benchmark)
         if result is not None:  # rank 0
             result.save(folder)

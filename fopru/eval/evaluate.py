@@ -206,43 +206,62 @@ def job_scoped_launcher_environment() -> Iterator[None]:
 def measure_latency(
     target: TargetModel, pipeline: PruningPipeline, benchmark: Benchmark, samples: int, warmup: int
 ) -> Latency | None:
-    """Median per-stage seconds of single-sample requests on a warmed-up model (``warmup`` requests untimed)."""
+    """Median per-stage seconds of ``samples`` single-sample requests on a warmed-up model (``warmup`` requests
+    untimed), with the quartiles of the total. The vision cache is bypassed: each request encodes its image, as a
+    request on a new image does. A benchmark with fewer samples is cycled through."""
     if samples <= 0:
         return None
     dataset = benchmark.load()
-    rows = [dataset[index] for index in range(min(len(dataset), samples + warmup))]
+    if len(dataset) == 0:
+        return None
+    rows = [dataset[index % len(dataset)] for index in range(samples + warmup)]
     per_stage: dict[str, list[float]] = {name: [] for name in ("vision", "pruning", "prefill", "decode_per_token")}
     totals: list[float] = []
-    for position, row in enumerate(rows):
-        batch = collate([row])
-        inputs = target.prepare(batch["images"], [target.format_prompt(batch["prompts"][0])])
-        target.timer = timer = PhaseTimer(target.device)
-        try:
-            with timer.phase("total"):
-                target.generate(inputs, pipeline, max_new_tokens=benchmark.max_new_tokens)
-            seconds = timer.seconds()
-        finally:
-            target.timer = None
-        if position < warmup:
-            continue
-        totals.append(seconds["total"])
-        for name in ("vision", "pruning", "prefill"):
-            per_stage[name].append(seconds.get(name, 0.0))
-        if timer.counts.get("decode"):
-            per_stage["decode_per_token"].append(seconds["decode"] / timer.counts["decode"])
-    if not totals:
-        return None
+    cache, target.vision_cache = target.vision_cache, None
+    try:
+        for position, row in enumerate(rows):
+            batch = collate([row])
+            inputs = target.prepare(batch["images"], [target.format_prompt(batch["prompts"][0])])
+            target.timer = timer = PhaseTimer(target.device)
+            try:
+                with timer.phase("total"):
+                    target.generate(inputs, pipeline, max_new_tokens=benchmark.max_new_tokens)
+                seconds = timer.seconds()
+            finally:
+                target.timer = None
+            if position < warmup:
+                continue
+            totals.append(seconds["total"])
+            for name in ("vision", "pruning", "prefill"):
+                per_stage[name].append(seconds.get(name, 0.0))
+            if timer.counts.get("decode"):
+                per_stage["decode_per_token"].append(seconds["decode"] / timer.counts["decode"])
+    finally:
+        target.vision_cache = cache
 
     def median(values: list[float]) -> float:
         return statistics.median(values) if values else 0.0
 
+    low, high = quartiles(totals)
     return Latency(
         vision=median(per_stage["vision"]),
         pruning=median(per_stage["pruning"]),
         prefill=median(per_stage["prefill"]),
         decode_per_token=median(per_stage["decode_per_token"]),
         total=median(totals),
+        total_low=low,
+        total_high=high,
+        requests=len(totals),
     )
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles of ``values`` (linear interpolation between order statistics, as
+    ``numpy.percentile``'s default); both the value itself for a single one."""
+    if len(values) == 1:
+        return values[0], values[0]
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
 
 
 def evaluate(cfg: DictConfig, pipeline: PruningPipeline, target: TargetModel, benchmark: Benchmark) -> RunResult | None:

@@ -17,7 +17,8 @@ KEPT_FILE = "kept_patches.json"
 
 @dataclass(frozen=True)
 class Latency:
-    """Median seconds per sample of each stage, measured on a warmed-up model (device events on GPU).
+    """Median seconds per sample of each stage, measured on a warmed-up model (device events on GPU), every image
+    encoded afresh (the vision cache is bypassed: a request on a new image).
 
     Attributes:
         vision: vision encoder, tap included (for all of a sample's images).
@@ -25,6 +26,10 @@ class Latency:
         prefill: the language model's prefill, i.e. time to first token after the visual tokens are ready.
         decode_per_token: one greedy decode step.
         total: the whole request, end to end.
+        total_low, total_high: the first and third quartiles of ``total`` over the timed requests (its interquartile
+            range, the spread the latency plot draws and the Pareto front respects); ``None`` in results written
+            before they were recorded.
+        requests: how many requests were timed.
     """
 
     vision: float
@@ -32,6 +37,9 @@ class Latency:
     prefill: float
     decode_per_token: float
     total: float
+    total_low: float | None = None
+    total_high: float | None = None
+    requests: int | None = None
 
 
 @dataclass(frozen=True)

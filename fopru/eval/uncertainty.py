@@ -5,14 +5,24 @@ Each bootstrap replicate draws the benchmark's scoring units (a sample, or MME's
 replacement and recomputes the benchmark's own metric on them through its score function, so any metric works
 (accuracy, POPE F1, MME perception totals), not only means of per-sample correctness. The interval is the
 percentile interval of the replicates. Resampling is seeded: the same records always give the same interval.
+
+Recomputing the metric on copies of every record for each of 1000 replicates is slow on a full split, so the
+replicates take a shortcut where it gives the same numbers (:class:`Resampler`): a metric that is the mean of its
+units' own scores (accuracy, VQA soft accuracy) is averaged from the per-unit scores of the drawn units, and a
+benchmark that scores per sample reads the drawn records as they are; only scores that group records by their
+unit (MME's image pairs, MMBench's circular variants) get renamed copies. Each shortcut is checked against the full
+recomputation on the records and on the first replicates before it is used, so it never changes an interval.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 Records = Sequence[Mapping[str, Any]]
 ScoreFunction = Callable[[Records], Mapping[str, float]]
@@ -79,6 +89,92 @@ def _draw(groups: Sequence[list[Mapping[str, Any]]], picks: Sequence[int], unit:
     return drawn
 
 
+#: Replicates recomputed in full to check a shortcut before it replaces the recomputation.
+CHECKED_REPLICATES = 3
+
+
+class Resampler:
+    """The metric of drawn scoring units, by the fastest route that gives the full recomputation's value
+    (see the module docstring)."""
+
+    def __init__(self, groups: Sequence[list[Mapping[str, Any]]], score: ScoreFunction, metric: str, unit: str):
+        self.groups, self.score, self.metric, self.unit = groups, score, metric, unit
+        self.unit_scores = self._unit_scores()
+        self.unit_array = None if self.unit_scores is None else np.array(self.unit_scores, dtype=np.float64)
+        self.by_reference = unit == "sample_id"
+        self.checks_left = CHECKED_REPLICATES
+
+    def _unit_scores(self) -> list[float] | None:
+        """Each unit's own metric, when the metric over all units is their mean; else ``None``."""
+        try:
+            scores = [float(self.score(group)[self.metric]) for group in self.groups]
+        except Exception:  # a score undefined on a single unit (an F1 without positives): no shortcut
+            return None
+        every = float(self.score([record for group in self.groups for record in group])[self.metric])
+        return scores if _mean(scores) == every else None
+
+    def full(self, picks: np.ndarray) -> float:
+        """The metric recomputed on renamed copies of the drawn records (what every route must equal)."""
+        return float(self.score(_draw(self.groups, picks.tolist(), self.unit))[self.metric])
+
+    def fast(self, picks: np.ndarray) -> float | None:
+        if self.unit_array is not None:
+            return _mean(self.unit_array[picks].tolist())
+        if self.by_reference:
+            groups = self.groups
+            return float(self.score([record for pick in picks.tolist() for record in groups[pick]])[self.metric])
+        return None
+
+    def __call__(self, picks: np.ndarray) -> float:
+        value = self.fast(picks)
+        if value is None:
+            return self.full(picks)
+        if self.checks_left > 0:
+            self.checks_left -= 1
+            full = self.full(picks)
+            if full != value:  # the shortcut does not hold for this score: recompute from now on
+                self.unit_array, self.by_reference, self.checks_left = None, False, 0
+                return full
+        return value
+
+
+def draws(seed: int, population: int, size: int, replicates: int) -> np.ndarray:
+    """A (replicates, size) int64 array of picks from ``range(population)``: exactly what ``replicates * size``
+    calls of ``random.Random(seed).randrange(population)`` return, row by row, drawn in bulk.
+
+    CPython's ``randrange(n)`` takes the top ``n.bit_length()`` bits of one 32-bit Mersenne Twister word per try and
+    rejects values >= n; ``getrandbits(32 * m)`` returns the next m words, first word lowest. The bulk route reads
+    the same words; its first picks are checked against ``randrange`` itself, and the slow route is taken on any
+    mismatch (another Python's generator).
+    """
+    if population < 1:
+        raise ValueError(f"cannot draw from {population} units")
+    needed = size * replicates
+    bits = population.bit_length()
+    rng = random.Random(seed)
+    if bits <= 32:
+        parts, found = [], 0
+        while found < needed:
+            # Each try is accepted with probability population / 2**bits > 1/2: ask for a little more than expected.
+            words = int((needed - found) * 2**bits / population * 1.02) + 64
+            raw = np.frombuffer(rng.getrandbits(32 * words).to_bytes(4 * words, "little"), dtype="<u4")
+            values = raw >> np.uint32(32 - bits)
+            parts.append(values[values < population])
+            found += parts[-1].shape[0]
+        picks = np.concatenate(parts)[:needed].astype(np.int64)
+        reference = random.Random(seed)
+        if [reference.randrange(population) for _ in range(min(needed, 64))] == picks[:64].tolist():
+            return picks.reshape(replicates, size)
+    reference = random.Random(seed)
+    slow = [reference.randrange(population) for _ in range(needed)]
+    return np.array(slow, dtype=np.int64).reshape(replicates, size)
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The correctly rounded mean (``statistics.fmean``'s), independent of the order of ``values``."""
+    return math.fsum(values) / len(values)
+
+
 def _percentiles(values: Sequence[float], level: float) -> tuple[float, float]:
     """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of ``values`` (linear interpolation)."""
     ordered = sorted(values)
@@ -115,10 +211,8 @@ def bootstrap_interval(
     if resamples < 1 or not 0 < level < 1:
         raise ValueError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
     groups = list(units(records, unit).values())
-    rng = random.Random(seed)
-    replicates = [
-        score(_draw(groups, [rng.randrange(len(groups)) for _ in groups], unit))[metric] for _ in range(resamples)
-    ]
+    replicate = Resampler(groups, score, metric, unit)
+    replicates = [replicate(picks) for picks in draws(seed, len(groups), len(groups), resamples)]
     low, high = _percentiles(replicates, level)
     return Interval(score(records)[metric], low, high, level, resamples)
 
@@ -146,11 +240,8 @@ def paired_difference(
         raise ValueError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
     paired_a = [groups_a[key] for key in shared]
     paired_b = [groups_b[key] for key in shared]
-    rng = random.Random(seed)
-    replicates = []
-    for _ in range(resamples):
-        picks = [rng.randrange(len(shared)) for _ in shared]
-        replicates.append(score(_draw(paired_b, picks, unit))[metric] - score(_draw(paired_a, picks, unit))[metric])
+    replicate_a, replicate_b = Resampler(paired_a, score, metric, unit), Resampler(paired_b, score, metric, unit)
+    replicates = [replicate_b(picks) - replicate_a(picks) for picks in draws(seed, len(shared), len(shared), resamples)]
     a = score([record for group in paired_a for record in group])[metric]
     b = score([record for group in paired_b for record in group])[metric]
     low, high = _percentiles(replicates, level)

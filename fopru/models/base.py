@@ -9,9 +9,11 @@ in :mod:`fopru.models.sequence`, the pruning glue in :mod:`fopru.models.pruning`
 
 from __future__ import annotations
 
+import copy
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from fopru.models.pruning import prune_images, tap_flops
 from fopru.models.sequence import assemble_sequences, prompt_text
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
+from fopru.models.vision_cache import VisionCache, join_images, split_images
 from fopru.reorder.base import Positions
 from fopru.significance.base import SignificanceSource
 from fopru.timing import PhaseTimer
@@ -36,6 +39,10 @@ from fopru.timing import PhaseTimer
 if TYPE_CHECKING:
     from fopru.pipeline import PruningPipeline, PruningRequest
 
+
+log = logging.getLogger(__name__)
+#: Entries of a prepared batch that belong to the text side (never read by the vision encoder).
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", SAMPLE_KEYS)
 
 #: Attention kernels transformers can run besides its registered ones.
 BUILTIN_ATTENTION = ("eager",)
@@ -111,6 +118,15 @@ class TargetModel(ABC):
     follow_up_template: str = "USER: {text} ASSISTANT:"
     #: Position modes this family supports (Qwen's M-RoPE only supports ``original``).
     position_modes: tuple[str, ...] = ("compact", "original")
+    #: The entries of a prepared batch that :meth:`visual_groups` reads (the first has one row per image): the
+    #: vision cache keys each image by its part of them (:meth:`image_inputs`) and encodes sub-batches of them.
+    vision_inputs: tuple[str, ...] = ("pixel_values",)
+    #: Whether the vision cache can hold this family's images: False where a batch cannot be split into images by
+    #: :meth:`image_inputs` alone (the family then encodes every batch itself, exactly as without a cache).
+    caches_vision: bool = True
+    #: Whether :meth:`visual_groups` puts consecutive images of one layout into one group (LLaVA-1.5) rather than
+    #: one group per image: cached images are handed over the same way.
+    groups_images: bool = False
 
     def __init__(
         self,
@@ -132,6 +148,9 @@ class TargetModel(ABC):
         self._processor: Any = None
         #: When set, stages are timed into it: vision, pruning, prefill, decode (see :mod:`fopru.timing`).
         self.timer: PhaseTimer | None = None
+        #: When set and enabled, each distinct image is encoded once and reused (:meth:`encoded_groups`).
+        self.vision_cache: VisionCache | None = None
+        self._cache_contexts: dict[tuple[int | None, str, bool, bool], str] = {}
 
     def phase(self, name: str) -> AbstractContextManager[None]:
         """Time a stage when a timer is attached."""
@@ -242,11 +261,169 @@ class TargetModel(ABC):
         attention_mask = batch["attention_mask"]
         return (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[None]
 
+    # -- the vision cache ------------------------------------------------------------------------------------
+    def image_count(self, batch: Mapping[str, torch.Tensor]) -> int:
+        """The images of a prepared batch: the rows of its first :attr:`vision_inputs` entry."""
+        return int(batch[self.vision_inputs[0]].shape[0])
+
+    def image_inputs(self, batch: Mapping[str, torch.Tensor], image: int) -> dict[str, torch.Tensor]:
+        """Image ``image``'s part of the batch's :attr:`vision_inputs` (row ``image`` of each); a family whose
+        inputs are laid out otherwise (flattened patches, padded crops) overrides it. Concatenating the parts of
+        several images along dimension 0 must give a batch of those images that :meth:`visual_groups` reads."""
+        return {name: batch[name][image : image + 1] for name in self.vision_inputs}
+
+    def cache_context(self, request: PruningRequest) -> str:
+        """The digest of what an encoded image depends on besides itself (see :mod:`fopru.models.vision_cache`):
+        checkpoint, family, numerics, image processor, the tap and how much of the tower runs."""
+        tap = None if request.reduction is None else (self.tap_index(request), repr(request.reduction))
+        # What else the family's visual_groups read from the request: [CLS] features handed over, per-crop layouts.
+        shape = {"cls": request.cls, "per_crop": request.per_crop is not None}
+        memo = (tap[0] if tap else None, tap[1] if tap else "", request.cls, request.per_crop is not None)
+        if memo not in self._cache_contexts:
+            from importlib.metadata import version
+
+            image_processor = getattr(self.processor, "image_processor", self.processor)
+            to_dict = getattr(image_processor, "to_dict", None)
+            self._cache_contexts[memo] = VisionCache.context_digest(
+                {
+                    "family": f"{type(self).__module__}.{type(self).__qualname__}",
+                    "weights": self.fingerprint(),
+                    "processor": to_dict() if callable(to_dict) else repr(image_processor),
+                    "dtype": str(self.dtype),
+                    "attention": self.attn_implementation,
+                    "device": torch.device(self.device).type,
+                    "tap": tap,
+                    "groups": shape,
+                    "versions": [version("torch"), version("transformers")],
+                }
+            )
+        return self._cache_contexts[memo]
+
+    def cacheable(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the batch's vision side can come from the cache: every non-text entry is one of the family's
+        declared :attr:`vision_inputs` (an undeclared one might feed the encoder, and would be missing from the
+        key and from the sub-batches)."""
+        if not self.caches_vision:
+            return False
+        undeclared = set(batch) - set(self.vision_inputs) - set(TEXT_INPUTS)
+        if undeclared and not self._warned_uncacheable:
+            log.warning(
+                "%s: batch entries %s are not among its vision_inputs %s: images are encoded without the cache",
+                type(self).__name__,
+                sorted(undeclared),
+                list(self.vision_inputs),
+            )
+            self._warned_uncacheable = True
+        return not undeclared
+
+    _warned_uncacheable = False
+
+    # -- the truncated tower ---------------------------------------------------------------------------------
+    def feature_layer(self) -> int | None:
+        """The 0-based index of the last vision layer whose output the model reads, for a family where nothing
+        after it contributes (LLaVA reads ``hidden_states[-2]``: layer L-2 of L); ``None`` (the default): every
+        layer runs. A family that declares it must read its features by absolute layer index."""
+        return None
+
+    def vision_layers_to_run(self, request: PruningRequest) -> int | None:
+        """How many vision layers a request needs: through the feature layer and the tapped layer; ``None``: all
+        (also where this transformers version records hidden states in a way the truncation does not know)."""
+        last = self.feature_layer()
+        if last is None or _hook_installer() is None:
+            return None
+        if request.reduction is not None:
+            last = max(last, self.tap_index(request))
+        return min(last + 1, len(self._untruncated if self._untruncated is not None else self.vision_layers()))
+
+    def config_as_run(self, request: PruningRequest) -> Any:
+        """The model's config with the vision depth the request runs (:meth:`vision_layers_to_run`): what FLOPs
+        are counted from."""
+        config = self.model.config
+        needed = self.vision_layers_to_run(request)
+        if needed is None or needed == int(config.vision_config.num_hidden_layers):
+            return config
+        shortened = copy.deepcopy(config)
+        shortened.vision_config.num_hidden_layers = needed
+        return shortened
+
+    @contextmanager
+    def truncated_tower(self, request: PruningRequest) -> Iterator[None]:
+        """Within the block, the vision encoder holds only the layers the request needs
+        (:meth:`vision_layers_to_run`): the others never run. Exact, because no output after them is read."""
+        needed = self.vision_layers_to_run(request)
+        layers = self.vision_layers()
+        if needed is None or needed >= len(layers) or self._untruncated is not None:
+            yield
+            return
+        owner, name = self._owner_of(layers)
+        # transformers hooks its hidden-state recording onto the layers present at a model's first forward: hook
+        # every model around the tower now, while it is whole, as its own first forward would.
+        install = _hook_installer()
+        for module in self._models_around(layers):
+            install(module)
+        setattr(owner, name, nn.ModuleList(list(layers)[:needed]))
+        self._untruncated = layers
+        try:
+            yield
+        finally:
+            setattr(owner, name, layers)
+            self._untruncated = None
+
+    def _models_around(self, layers: nn.ModuleList) -> list[Any]:
+        from transformers import PreTrainedModel
+
+        return [
+            module
+            for module in self.model.modules()
+            if isinstance(module, PreTrainedModel) and any(child is layers for child in module.modules())
+        ]
+
+    _untruncated: nn.ModuleList | None = None
+
+    def _owner_of(self, layers: nn.ModuleList) -> tuple[nn.Module, str]:
+        for module in self.model.modules():
+            for name, child in module.named_children():
+                if child is layers:
+                    return module, name
+        raise ConfigError(f"{type(self).__name__}.vision_layers() is not a submodule of the model")
+
+    def encoded_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
+        """:meth:`visual_groups` with each distinct image encoded once: images the cache holds are read back, the
+        other distinct images of the batch are encoded together (duplicates once) and stored."""
+        cache = self.vision_cache
+        if cache is None or not cache.enabled or not self.cacheable(batch):
+            with self.truncated_tower(request):
+                return self.visual_groups(batch, request)
+        context = self.cache_context(request)
+        parts = [self.image_inputs(batch, image) for image in range(self.image_count(batch))]
+        digests = [cache.image_digest(context, sorted(part.items())) for part in parts]
+        entries: dict[str, VisualGroup] = {}
+        for digest in dict.fromkeys(digests):
+            entry = cache.get(digest, self.model)
+            if isinstance(entry, VisualGroup):
+                entries[digest] = entry
+        missing = [digest for digest in dict.fromkeys(digests) if digest not in entries]
+        if missing:
+            chosen = [parts[digests.index(digest)] for digest in missing]
+            sub_batch = {name: torch.cat([part[name] for part in chosen]) for name in self.vision_inputs}
+            with self.truncated_tower(request):
+                encoded = split_images(self.visual_groups(sub_batch, request))
+            if len(encoded) != len(missing):
+                raise RuntimeError(
+                    f"{type(self).__name__}.visual_groups returned {len(encoded)} images for {len(missing)}: "
+                    "its image_inputs do not split the batch by image"
+                )
+            cache.count_miss(len(missing))
+            for digest, entry in zip(missing, encoded, strict=True):
+                entries[digest] = entry
+                cache.put(digest, entry, self.model)
+        return join_images([entries[digest] for digest in digests], self.device, self.groups_images)
+
     def prefill_inputs(self, batch: Mapping[str, torch.Tensor], pipeline: PruningPipeline) -> LanguageInputs:
         """Encode the batch's images, prune their tokens with ``pipeline`` and assemble the LLM's prompt."""
         request = pipeline.request
         positions = self.resolve_positions(request.positions)
-        groups = self.visual_groups(batch, request)
+        groups = self.encoded_groups(batch, request)
         with self.phase("pruning"):
             placeholders = [group.placeholders for group in groups for _ in range(group.features.shape[0])]
             text = self.prompt_text(batch, placeholders) if request.text else None
@@ -362,7 +539,7 @@ class TargetModel(ABC):
 
     def tap_index(self, source: PruningRequest | SignificanceSource) -> int:
         """The vision layer to tap: ``source.layer`` (Python-style index), else the family default."""
-        count = len(self.vision_layers())
+        count = len(self._untruncated if self._untruncated is not None else self.vision_layers())
         index = self.default_tap_layer() if source.layer is None else source.layer
         if not -count <= index < count:
             raise ConfigError(f"significance.layer={index} is outside the vision encoder's {count} layers")
@@ -515,6 +692,15 @@ class TargetModel(ABC):
         return Generation(
             tokens, [text.strip() for text in texts], inputs, prompt_cache_length, layer_cache_lengths, survivors
         )
+
+
+def _hook_installer() -> Any:
+    """transformers' installer of hidden-state recording hooks, or ``None`` where this version has none."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return None
+    return maybe_install_capturing_hooks
 
 
 def _survivors(segment: Segment, length: int) -> torch.Tensor:

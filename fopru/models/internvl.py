@@ -114,6 +114,9 @@ class InternVLAdapter(TargetModel):
     """
 
     model_class: Any = InternVLForConditionalGeneration
+    # The crops of an image are counted from its prompt's <IMG_CONTEXT> run, not from the pixel rows: the vision
+    # cache, which splits a batch by image from its vision inputs alone, does not apply.
+    caches_vision = False
     processor_class: Any = ImageOnlyInternVLProcessor
     prompt_template = f"<|im_start|>user\n{IMAGE_PROMPT}\n{{text}}<|im_end|>\n<|im_start|>assistant\n"
 

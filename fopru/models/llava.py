@@ -67,6 +67,7 @@ class LlavaAdapter(TargetModel):
 
     model_class: Any = LlavaForConditionalGeneration
     processor_class: Any = LlavaProcessor
+    groups_images = True
 
     def vision_layers(self) -> nn.ModuleList:
         return encoder_layers(self.model.model.vision_tower)
@@ -81,6 +82,11 @@ class LlavaAdapter(TargetModel):
         feature_layer = self.model.config.vision_feature_layer
         # hidden_states[f] is the output of layers[f] for f < 0, of layers[f - 1] for f >= 1.
         return int(feature_layer) if feature_layer < 0 else int(feature_layer) - 1
+
+    def feature_layer(self) -> int:
+        """The layer whose output the projector reads (``vision_feature_layer``, 0-based): the tower stops there."""
+        feature_layer = int(self.model.config.vision_feature_layer)
+        return feature_layer + self.vision_depth() if feature_layer < 0 else feature_layer - 1
 
     def visual_tokens_per_image(self) -> int | None:
         vision = self.config().vision_config
@@ -131,7 +137,8 @@ class LlavaAdapter(TargetModel):
         self.check_features()
         with self.phase("vision"), self.tap(request, has_cls=layout.has_cls) as tap:
             vision = self.model.model.vision_tower(pixel_values.to(self.device, self.dtype), output_hidden_states=True)
-        return vision.hidden_states[self.model.config.vision_feature_layer], tap.summary() if tap is not None else None
+        # By absolute index (hidden_states[0] is the embeddings): the tower may stop at the feature layer.
+        return vision.hidden_states[self.feature_layer() + 1], tap.summary() if tap is not None else None
 
     def visual_groups(self, batch: Mapping[str, torch.Tensor], request: PruningRequest) -> list[VisualGroup]:
         """Every image has the same grid: one group, pruned at once, projected by the MLP projector. [CLS] is handed
@@ -148,7 +155,7 @@ class LlavaAdapter(TargetModel):
     ) -> list[SampleCost]:
         """Per sample: vision tower on its images, projector on the kept tokens (on all N for strategies that read
         projected tokens), LLM on the kept tokens; the tap runs once per image."""
-        config = self.model.config
+        config = self.config_as_run(request)  # the vision layers that actually run
         layout = self.image_layout()
         costs = []
         for sample, visual in enumerate(inputs.visual_tokens.tolist()):

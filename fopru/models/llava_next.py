@@ -219,6 +219,20 @@ class LlavaNextAdapter(LlavaAdapter):
 
     model_class: Any = LlavaNextForConditionalGeneration
     processor_class: Any = LlavaNextProcessor
+    vision_inputs = ("image_sizes", "pixel_values")  # sizes first: one row per image (crops vary in number)
+    groups_images = False
+
+    def image_inputs(self, batch: Mapping[str, torch.Tensor], image: int) -> dict[str, torch.Tensor]:
+        """The image's own crops (the processor pads every image to the batch's most crops) and its size."""
+        image_sizes = batch["image_sizes"][image : image + 1]
+        pixel_values = batch["pixel_values"]
+        if pixel_values.dim() == 5:
+            crops = pixel_values[image, : self.crop_counts(image_sizes)[0]]
+        else:  # crops already concatenated over images
+            counts = self.crop_counts(batch["image_sizes"])
+            start = sum(counts[:image])
+            crops = pixel_values[start : start + counts[image]]
+        return {"pixel_values": crops, "image_sizes": image_sizes}
 
     def visual_tokens_per_image(self) -> int | None:
         return None  # any-resolution tiling: the count depends on the image's size
@@ -341,7 +355,7 @@ class LlavaNextAdapter(LlavaAdapter):
         """Per sample: the vision tower and the tap on every crop (base image + tiles), the projector on the kept
         grid tokens (image newlines are not projected; all grid tokens for strategies that read projected tokens;
         pruned per crop, every token sent, [CLS] included), the LLM on the kept tokens with their newlines."""
-        config = self.model.config
+        config = self.config_as_run(request)  # the vision layers that actually run
         layout = self.image_layout()
         image_sizes = batch["image_sizes"]
         counts = self.crop_counts(image_sizes)

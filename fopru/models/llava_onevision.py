@@ -102,6 +102,9 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     """
 
     model_class: Any = LlavaOnevisionForConditionalGeneration
+    # An image's crops and packing depend on its size (image_sizes) as well as its padded crops; the vision cache's
+    # image split does not cover them yet, so every batch is encoded as without a cache.
+    caches_vision = False
     processor_class: Any = ImageOnlyLlavaOnevisionProcessor
 
     def load_processor(self, path: str) -> Any:

@@ -113,6 +113,18 @@ class Qwen2VLAdapter(TargetModel):
             processor.image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
         return processor
 
+    #: The grid first: it has one row per image (the patches of all images are flattened into one tensor).
+    vision_inputs = ("image_grid_thw", "pixel_values")
+
+    def image_inputs(self, batch: Mapping[str, torch.Tensor], image: int) -> dict[str, torch.Tensor]:
+        """The image's grid and its rows of the flattened patches."""
+        patches = batch["image_grid_thw"].prod(dim=-1).tolist()
+        start = sum(patches[:image])
+        return {
+            "image_grid_thw": batch["image_grid_thw"][image : image + 1],
+            "pixel_values": batch["pixel_values"][start : start + patches[image]],
+        }
+
     # -- the vision tower ------------------------------------------------------------------------------------
     @property
     def visual(self) -> nn.Module:

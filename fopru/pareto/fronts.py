@@ -36,6 +36,51 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def noisy_pareto_front(
+    points: Sequence[tuple[float, float]], spreads: Sequence[tuple[float, float] | None]
+) -> list[int]:
+    """:func:`pareto_front` for costs measured with noise: ``spreads[i]`` is point i's (low, high) cost range (the
+    interquartile range of its timed requests; ``None``: exact). Two costs whose ranges overlap count as equal, so
+    a point is dominated only by one at least as accurate that is clearly cheaper (its range ends below this one's)
+    or as cheap within the noise and more accurate; of points equal within the noise in both, the one with the
+    lowest median cost (then index) is kept. The front never steps through a cost difference smaller than the
+    noise. Indices by increasing cost.
+    """
+    valid = [i for i, (cost, accuracy) in enumerate(points) if not (math.isnan(cost) or math.isnan(accuracy))]
+
+    def span(i: int) -> tuple[float, float]:
+        spread = spreads[i]
+        return spread if spread is not None else (points[i][0], points[i][0])
+
+    def dominates(a: int, b: int) -> bool:
+        (low_a, high_a), (low_b, high_b) = span(a), span(b)
+        clearly_cheaper = high_a < low_b
+        same_cost = not clearly_cheaper and not high_b < low_a
+        accuracy_a, accuracy_b = points[a][1], points[b][1]
+        if accuracy_a < accuracy_b:
+            return False
+        tie_break = (points[a][0], a) < (points[b][0], b)  # equal within the noise: the cheaper, then the first
+        return clearly_cheaper or (same_cost and (accuracy_a > accuracy_b or tie_break))
+
+    front = [b for b in valid if not any(dominates(a, b) for a in valid if a != b)]
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1], i))
+
+
+def cost_spread(result: RunResult, axis: CostAxis) -> tuple[float, float] | None:
+    """The (low, high) range of ``result``'s cost on ``axis``: the latency's interquartile range when recorded,
+    else ``None`` (analytic FLOPs are exact)."""
+    latency = result.latency
+    if axis != "latency" or latency is None or latency.total_low is None or latency.total_high is None:
+        return None
+    return latency.total_low, latency.total_high
+
+
+def front_of(results: Sequence[RunResult], axis: CostAxis) -> list[int]:
+    """The indices of ``results`` (all with a cost on ``axis``) on their Pareto front, noise-aware for latency."""
+    points = [(as_float(cost(result, axis)), result.accuracy) for result in results]
+    return noisy_pareto_front(points, [cost_spread(result, axis) for result in results])
+
+
 def cost(result: RunResult, axis: CostAxis) -> float | None:
     """The cost of ``result`` on ``axis``: mean TFLOPs per sample, or median end-to-end seconds per sample."""
     if axis == "tflops_total":
@@ -52,8 +97,7 @@ def front_members(results: Sequence[RunResult], axis: CostAxis) -> list[bool | N
         if cost(result, axis) is not None:
             groups.setdefault((result.data, result.primary_metric), []).append(i)
     for indices in groups.values():
-        points = [(as_float(cost(results[i], axis)), results[i].accuracy) for i in indices]
-        on_front = set(pareto_front(points))
+        on_front = set(front_of([results[i] for i in indices], axis))
         for position, i in enumerate(indices):
             members[i] = position in on_front
     return members

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fopru.eval.result import KEPT_FILE, RESULT_FILE, RunResult
-from fopru.pareto.fronts import CostAxis, as_float, budget_label, cost, curves, pareto_front
+from fopru.pareto.fronts import CostAxis, as_float, budget_label, cost, cost_spread, curves, front_of
 from fopru.pareto.results import files_named, job_order
 from fopru.pareto.table import varying_overrides
 from fopru.pareto.units import flops_unit
@@ -58,6 +58,18 @@ def figure_title(results: Sequence[RunResult]) -> str:
     )
 
 
+def spread_errors(
+    xs: Sequence[float], spreads: Sequence[tuple[float, float] | None], scale: float
+) -> list[list[float]] | None:
+    """Matplotlib's (below, above) error lengths of costs ``xs`` (already scaled) from their (low, high) spreads;
+    ``None`` when no point has one."""
+    if all(spread is None for spread in spreads):
+        return None
+    below = [max(0.0, x - spread[0] * scale) if spread else 0.0 for x, spread in zip(xs, spreads, strict=True)]
+    above = [max(0.0, spread[1] * scale - x) if spread else 0.0 for x, spread in zip(xs, spreads, strict=True)]
+    return [below, above]
+
+
 def plot_pareto(results: Sequence[RunResult], x: CostAxis, path: Path) -> Path:
     """Plot the primary metric against ``x`` into a PNG: one subplot per benchmark, one curve per method (points
     sorted by cost, error bars the 95% bootstrap interval), the front over all methods as a dashed step line through
@@ -73,7 +85,7 @@ def plot_pareto(results: Sequence[RunResult], x: CostAxis, path: Path) -> Path:
     if not benchmarks:
         raise ValueError("no results to plot")
     if x == "latency":
-        scale, xlabel = 1e3, "latency per sample (ms, median end to end)"
+        scale, xlabel = 1e3, "latency per sample (ms, median end to end, interquartile range)"
     else:
         scale, unit = flops_unit(result.tflops_total for result in results)
         xlabel = f"{unit} per sample (analytic)"
@@ -96,12 +108,14 @@ def plot_pareto(results: Sequence[RunResult], x: CostAxis, path: Path) -> Path:
                     [max(0.0, (r.accuracy_high if r.accuracy_high is not None else y) - y) for y, (_, _, r) in
                      zip(ys, points, strict=True)],
                 ]  # fmt: skip
+                cost_errors = spread_errors(xs, [cost_spread(r, x) for _, _, r in points], scale)
                 strong = highlighted(label) or not busy
                 style: dict[str, Any] = {"color": None if strong else "0.55", "alpha": 1.0 if strong else 0.6}
                 container = ax.errorbar(
                     xs,
                     ys,
                     yerr=errors,
+                    xerr=cost_errors,
                     marker=MARKERS[number % len(MARKERS)],
                     markersize=max(4.0, 10.0 - 0.5 * number),
                     fillstyle="none",
@@ -126,7 +140,7 @@ def plot_pareto(results: Sequence[RunResult], x: CostAxis, path: Path) -> Path:
                         text, (x_value, y_value), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour
                     )
             with_cost = [result for result in subset if cost(result, x) is not None]
-            front = [with_cost[i] for i in pareto_front([(as_float(cost(r, x)), r.accuracy) for r in with_cost])]
+            front = [with_cost[i] for i in front_of(with_cost, x)]
             if front:
                 front_xs = [as_float(cost(result, x)) * scale for result in front]
                 front_ys = [result.accuracy for result in front]

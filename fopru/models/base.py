@@ -83,6 +83,17 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_feature_selection(config: Any, select: str, who: str, note: str = "") -> None:
+    """Refuse a checkpoint whose vision feature selection an adapter does not handle: a
+    ``vision_feature_select_strategy`` other than ``select``, or several feature layers. ``note`` says why
+    ``select`` (e.g. that the tower has no [CLS])."""
+    if config.vision_feature_select_strategy != select or not isinstance(config.vision_feature_layer, int):
+        raise ConfigError(
+            f"{who} supports vision_feature_select_strategy={select!r}{note} with one vision_feature_layer, got "
+            f"{config.vision_feature_select_strategy!r} / {config.vision_feature_layer!r}"
+        )
+
+
 class TargetModel(ABC):
     """An adapter for one LVLM family.
 

@@ -21,7 +21,7 @@ from transformers import GotOcr2ImageProcessorPil, InternVLForConditionalGenerat
 from fopru.efficiency.flops import FlopsBreakdown, _breakdown, _encoder_layer, _prompt_tokens, _side
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
-from fopru.models.base import TargetModel
+from fopru.models.base import TargetModel, check_feature_selection
 from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
 from fopru.models.pruning import projector_tokens
 from fopru.significance.attention import AttentionSummary
@@ -165,13 +165,7 @@ class InternVLAdapter(TargetModel):
 
     def check_features(self) -> None:
         """Refuse feature settings the adapter does not handle: [CLS] kept, or several feature layers."""
-        config = self.model.config
-        if config.vision_feature_select_strategy != "default" or not isinstance(config.vision_feature_layer, int):
-            raise ConfigError(
-                f"{type(self).__name__} supports vision_feature_select_strategy='default' with one "
-                f"vision_feature_layer, got {config.vision_feature_select_strategy!r} / "
-                f"{config.vision_feature_layer!r}"
-            )
+        check_feature_selection(self.model.config, "default", type(self).__name__)
 
     def geometry(self) -> TileGeometry:
         """A crop's patch grid and the pixel shuffle's merge factor, from the checkpoint's config."""

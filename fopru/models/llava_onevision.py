@@ -24,6 +24,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 from fopru.efficiency.flops import llava_flops
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
+from fopru.models.base import check_feature_selection
 from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
 from fopru.models.llava import LlavaAdapter
 from fopru.models.llava_next import PackedGrid, read_packing
@@ -123,12 +124,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
     def check_features(self) -> None:
         """Refuse feature settings the adapter does not handle: [CLS]-dropping selection, several feature layers."""
-        config = self.model.config
-        if config.vision_feature_select_strategy != "full" or not isinstance(config.vision_feature_layer, int):
-            raise ConfigError(
-                f"{type(self).__name__} supports vision_feature_select_strategy='full' (SigLIP has no [CLS]) with one "
-                f"vision_feature_layer, got {config.vision_feature_select_strategy!r} / {config.vision_feature_layer!r}"
-            )
+        check_feature_selection(self.model.config, "full", type(self).__name__, " (SigLIP has no [CLS])")
 
     def image_layout(self) -> VisualLayout:
         """One crop's tokens: its patch grid, no [CLS] (SigLIP)."""

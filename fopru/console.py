@@ -24,19 +24,32 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 QUIET_LOGGERS: tuple[str, ...] = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
+#: Whether the console is quiet (:func:`configure_console` without ``verbose``).
+_quiet = False
+
+
+def quiet_loggers() -> None:
+    """Set :data:`QUIET_LOGGERS` to warnings only, if the console is quiet. Lightning sets its own loggers' level
+    when it is imported, and it is imported late (only by the stages that run a Trainer): call this again then."""
+    if _quiet:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_console(verbose: bool) -> None:
     """Quiet third-party output unless ``verbose``; with it, fopru's own debug lines (config, pipeline) show too.
 
     Idempotent: every job of a sweep calls it. An explicit ``WANDB_SILENT`` in the environment is respected.
     """
+    global _quiet
+    _quiet = not verbose
     if verbose:
         logging.getLogger("fopru").setLevel(logging.DEBUG)
         return
     os.environ.setdefault("WANDB_SILENT", "true")
     for pattern, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern, category=category)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_loggers()
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:  # pragma: no cover - transformers is a dependency

@@ -11,6 +11,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fopru.components import build
+from fopru.console import quiet_loggers
 from fopru.data.base import Benchmark
 from fopru.errors import ConfigError
 from fopru.eval.result import RunResult
@@ -68,12 +69,14 @@ def run(cfg: DictConfig) -> PruningPipeline:
     if cfg.stage == "train":
         from fopru.train.fit import train
 
+        quiet_loggers()  # Lightning, just imported, has set its loggers' levels
         recipe = build("train", cfg.train, TrainingRecipe)
         train(cfg, target, benchmark.train_split(), recipe, result_logger, folder)
     if cfg.stage == "eval":
         from fopru.eval.evaluate import evaluate
         from fopru.eval.kept import record_kept_patches
 
+        quiet_loggers()  # Lightning, just imported, has set its loggers' levels
         result = evaluate(cfg, pipeline, target, benchmark)
         if result is not None:  # rank 0
             result.save(folder)

@@ -416,7 +416,7 @@ class TargetModel(ABC):
         missing = [digest for digest in dict.fromkeys(digests) if digest not in entries]
         if missing:
             chosen = [parts[digests.index(digest)] for digest in missing]
-            sub_batch = {name: torch.cat([part[name] for part in chosen]) for name in self.vision_inputs}
+            sub_batch = {name: torch.cat([part[name] for part in chosen]) for name in chosen[0]}
             with self.truncated_tower(request):
                 encoded = split_images(self.visual_groups(sub_batch, request))
             if len(encoded) != len(missing):

@@ -182,6 +182,26 @@ class CropPacking:
         return KeptImage(kept.embeddings[order], sources[order], placeholders, kept.pruning_flops)
 
 
+def anyres_image_inputs(
+    batch: Mapping[str, torch.Tensor], image: int, crop_counts: Callable[[torch.Tensor], list[int]]
+) -> dict[str, torch.Tensor]:
+    """Image ``image``'s part of an AnyRes batch (the vision cache's unit): its own crops (the processor pads every
+    image to the batch's most crops, or concatenates them), its size, and its other per-image rows (e.g.
+    ``batch_num_images``) where the batch has them."""
+    image_sizes = batch["image_sizes"][image : image + 1]
+    pixel_values = batch["pixel_values"]
+    if pixel_values.dim() == 5:
+        crops = pixel_values[image, : crop_counts(image_sizes)[0]]
+    else:  # crops already concatenated over images
+        counts = crop_counts(batch["image_sizes"])
+        start = sum(counts[:image])
+        crops = pixel_values[start : start + counts[image]]
+    part = {"pixel_values": crops, "image_sizes": image_sizes}
+    if "batch_num_images" in batch:
+        part["batch_num_images"] = torch.as_tensor(batch["batch_num_images"])[image : image + 1]
+    return part
+
+
 class LlavaNextAdapter(LlavaAdapter):
     """LLaVA-NeXT (AnyRes): a base image plus tiles, each a CLIP crop (24 x 24 patches + [CLS] for ViT-L/14-336).
 
@@ -224,15 +244,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def image_inputs(self, batch: Mapping[str, torch.Tensor], image: int) -> dict[str, torch.Tensor]:
         """The image's own crops (the processor pads every image to the batch's most crops) and its size."""
-        image_sizes = batch["image_sizes"][image : image + 1]
-        pixel_values = batch["pixel_values"]
-        if pixel_values.dim() == 5:
-            crops = pixel_values[image, : self.crop_counts(image_sizes)[0]]
-        else:  # crops already concatenated over images
-            counts = self.crop_counts(batch["image_sizes"])
-            start = sum(counts[:image])
-            crops = pixel_values[start : start + counts[image]]
-        return {"pixel_values": crops, "image_sizes": image_sizes}
+        return anyres_image_inputs(batch, image, self.crop_counts)
 
     def visual_tokens_per_image(self) -> int | None:
         return None  # any-resolution tiling: the count depends on the image's size

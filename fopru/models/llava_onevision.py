@@ -27,7 +27,7 @@ from fopru.layout import VisualLayout
 from fopru.models.base import check_feature_selection
 from fopru.models.inputs import LanguageInputs, SampleCost, VisualGroup
 from fopru.models.llava import LlavaAdapter
-from fopru.models.llava_next import PackedGrid, read_packing
+from fopru.models.llava_next import PackedGrid, anyres_image_inputs, read_packing
 from fopru.significance.attention import AttentionSummary
 
 if TYPE_CHECKING:
@@ -103,9 +103,8 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     """
 
     model_class: Any = LlavaOnevisionForConditionalGeneration
-    # An image's crops and packing depend on its size (image_sizes) as well as its padded crops; the vision cache's
-    # image split does not cover them yet, so every batch is encoded as without a cache.
-    caches_vision = False
+    vision_inputs = ("image_sizes", "pixel_values", "batch_num_images")  # sizes first: one row per image
+    groups_images = False
     processor_class: Any = ImageOnlyLlavaOnevisionProcessor
 
     def load_processor(self, path: str) -> Any:
@@ -178,6 +177,10 @@ class LlavaOnevisionAdapter(LlavaAdapter):
             keys=grid[..., 2:] if attention.keys is not None else None,
             key_heads=attention.key_heads,
         )
+
+    def image_inputs(self, batch: Mapping[str, torch.Tensor], image: int) -> dict[str, torch.Tensor]:
+        """The image's own crops, its size and its image count, as for LLaVA-NeXT."""
+        return anyres_image_inputs(batch, image, self.crop_counts)
 
     def check_single_images(self, batch: Mapping[str, torch.Tensor]) -> None:
         """Refuse samples with several images: the model encodes those without tiles, one base crop each."""

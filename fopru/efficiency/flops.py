@@ -146,7 +146,7 @@ def _positive(name: str, value: int) -> int:
     return int(value)
 
 
-def _side(name: str, value: int | Sequence[int] | None) -> int:
+def square_size(name: str, value: int | Sequence[int] | None) -> int:
     """A square size given as an int or an (h, w) pair with h == w, as vision configs allow."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -156,7 +156,7 @@ def _side(name: str, value: int | Sequence[int] | None) -> int:
 
 
 def _vit_patches(config: CLIPVisionConfig | SiglipVisionConfig) -> int:
-    return (_side("image_size", config.image_size) // _side("patch_size", config.patch_size)) ** 2
+    return (square_size("image_size", config.image_size) // square_size("patch_size", config.patch_size)) ** 2
 
 
 def _wrong_vision(config: PretrainedConfig, vision: object, expected: str) -> ConfigError:
@@ -180,7 +180,7 @@ def _qwen_vision_config(config: QwenVLConfig) -> QwenVisionConfig:
 def _vit_flops(config: CLIPVisionConfig | SiglipVisionConfig, images: int) -> int:
     """CLIP / SigLIP: patch conv, all encoder layers on P (+1 [CLS]) tokens, SigLIP's pooling head when enabled."""
     hidden, intermediate = int(config.hidden_size), int(config.intermediate_size)
-    patch = _side("patch_size", config.patch_size)
+    patch = square_size("patch_size", config.patch_size)
     patches = _vit_patches(config)
     tokens = patches + (1 if isinstance(config, CLIPVisionConfig) else 0)
     embed = 2 * patches * hidden * int(config.num_channels) * patch**2
@@ -225,7 +225,7 @@ def _qwen_vision_flops(config: QwenVisionConfig, grid_thw: GridTHW) -> int:
     """
     merge = int(config.spatial_merge_size)
     grids = _grid_rows(grid_thw, merge)
-    patch = _side("patch_size", config.patch_size)
+    patch = square_size("patch_size", config.patch_size)
     depth = int(config.depth)
     if isinstance(config, Qwen2_5_VLVisionConfig):
         hidden, intermediate, out = int(config.hidden_size), int(config.intermediate_size), int(config.out_hidden_size)
@@ -252,7 +252,7 @@ def _qwen_vision_flops(config: QwenVisionConfig, grid_thw: GridTHW) -> int:
             cols = sum(side**2 for side in _window_chunks(w // merge, window))
             window_pairs += t * merge**4 * rows * cols
     gated = isinstance(config, Qwen2_5_VLVisionConfig)
-    kernel = int(config.in_channels) * _side("temporal_patch_size", config.temporal_patch_size) * patch**2
+    kernel = int(config.in_channels) * square_size("temporal_patch_size", config.temporal_patch_size) * patch**2
     embed = 2 * patches * hidden * kernel
     full = full_blocks * _encoder_layer(patches, full_pairs, hidden, intermediate, gated)
     windowed = (depth - full_blocks) * _encoder_layer(patches, window_pairs, hidden, intermediate, gated)
@@ -397,6 +397,30 @@ def qwen2_vl_flops(
         raise ConfigError(f"visual_tokens_kept={visual_tokens_kept} exceeds the {available} merged tokens of grid_thw")
     vision = vision_flops(vision_config, grid_thw=grid_thw)
     return _breakdown(config, vision, 0, prompt, logits_to_keep)
+
+
+def internvl_flops(
+    config: PretrainedConfig, crops: int, visual_tokens_kept: int, text_tokens: int, projector_tokens: int
+) -> FlopsBreakdown:
+    """One InternVL request: ``crops`` crops through InternViT, ``projector_tokens`` shuffled tokens through the
+    projector, the LLM on ``visual_tokens_kept + text_tokens`` tokens (FlopCounterMode's convention).
+
+    InternViT per crop: the patch convolution 2 P d c p^2, then every layer on P + 1 tokens ([CLS]) with full
+    attention (norms, layer scales and the pixel shuffle are not matrix products). The projector is LayerNorm,
+    Linear(4 d, D), GELU, Linear(D, D) per token: 2 n D (4 d + D), with d the vision and D the text width.
+    """
+    prompt = _prompt_tokens(visual_tokens_kept, text_tokens)
+    vision = config.vision_config
+    hidden, intermediate = int(vision.hidden_size), int(vision.intermediate_size)
+    patch = square_size("patch_size", vision.patch_size)
+    patches = (square_size("image_size", vision.image_size) // patch) ** 2
+    tokens = patches + 1
+    embed = 2 * patches * hidden * int(vision.num_channels) * patch**2
+    layers = int(vision.num_hidden_layers) * _encoder_layer(tokens, tokens**2, hidden, intermediate, gated=False)
+    shuffled = hidden * round(1 / float(config.downsample_ratio)) ** 2
+    text_hidden = int(config.get_text_config().hidden_size)
+    projector = 2 * projector_tokens * text_hidden * (shuffled + text_hidden)
+    return _breakdown(config, crops * (embed + layers), projector, prompt, 1)
 
 
 def _layer_tokens(shape: _DecoderShape, layer_tokens: Sequence[int]) -> list[int]:

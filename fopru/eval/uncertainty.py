@@ -189,6 +189,11 @@ def _percentiles(values: Sequence[float], level: float) -> tuple[float, float]:
     return quantile((1 - level) / 2), quantile((1 + level) / 2)
 
 
+def _check_settings(resamples: int, level: float) -> None:
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
+
+
 def bootstrap_interval(
     records: Records,
     score: ScoreFunction,
@@ -208,8 +213,7 @@ def bootstrap_interval(
     """
     if not records:
         raise ValueError("no records to bootstrap")
-    if resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
+    _check_settings(resamples, level)
     groups = list(units(records, unit).values())
     replicate = Resampler(groups, score, metric, unit)
     replicates = [replicate(picks) for picks in draws(seed, len(groups), len(groups), resamples)]
@@ -236,8 +240,7 @@ def paired_difference(
     shared = [key for key in groups_a if key in groups_b]
     if not shared:
         raise ValueError(f"the two jobs share no {unit!r}: nothing to compare")
-    if resamples < 1 or not 0 < level < 1:
-        raise ValueError(f"resamples={resamples} must be >= 1 and level={level} in (0, 1)")
+    _check_settings(resamples, level)
     paired_a = [groups_a[key] for key in shared]
     paired_b = [groups_b[key] for key in shared]
     replicate_a, replicate_b = Resampler(paired_a, score, metric, unit), Resampler(paired_b, score, metric, unit)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import GotOcr2ImageProcessorPil, InternVLForConditionalGeneration, InternVLProcessor
 
-from fopru.efficiency.flops import FlopsBreakdown, _breakdown, _encoder_layer, _prompt_tokens, _side
+from fopru.efficiency.flops import internvl_flops, square_size
 from fopru.errors import ConfigError
 from fopru.layout import VisualLayout
 from fopru.models.base import TargetModel, check_feature_selection
@@ -171,7 +171,7 @@ class InternVLAdapter(TargetModel):
         """A crop's patch grid and the pixel shuffle's merge factor, from the checkpoint's config."""
         config = self.config()
         vision = config.vision_config
-        image, patch = _side("image_size", vision.image_size), _side("patch_size", vision.patch_size)
+        image, patch = square_size("image_size", vision.image_size), square_size("patch_size", vision.patch_size)
         ratio = float(config.downsample_ratio)
         merge = round(1 / ratio)
         side = image // patch
@@ -295,27 +295,3 @@ def _crops(summary: AttentionSummary, part: slice) -> AttentionSummary:
     received, paid = take(summary.received), take(summary.paid)
     assert received is not None and paid is not None
     return AttentionSummary(received=received, paid=paid, cls=take(summary.cls), cls_joint=take(summary.cls_joint))
-
-
-def internvl_flops(
-    config: Any, crops: int, visual_tokens_kept: int, text_tokens: int, projector_tokens: int
-) -> FlopsBreakdown:
-    """One InternVL request: ``crops`` crops through InternViT, ``projector_tokens`` shuffled tokens through the
-    projector, the LLM on ``visual_tokens_kept + text_tokens`` tokens (FlopCounterMode's convention).
-
-    InternViT per crop: the patch convolution 2 P d c p^2, then every layer on P + 1 tokens ([CLS]) with full
-    attention (norms, layer scales and the pixel shuffle are not matrix products). The projector is LayerNorm,
-    Linear(4 d, D), GELU, Linear(D, D) per token: 2 n D (4 d + D), with d the vision and D the text width.
-    """
-    prompt = _prompt_tokens(visual_tokens_kept, text_tokens)
-    vision = config.vision_config
-    hidden, intermediate = int(vision.hidden_size), int(vision.intermediate_size)
-    patch = _side("patch_size", vision.patch_size)
-    patches = (_side("image_size", vision.image_size) // patch) ** 2
-    tokens = patches + 1
-    embed = 2 * patches * hidden * int(vision.num_channels) * patch**2
-    layers = int(vision.num_hidden_layers) * _encoder_layer(tokens, tokens**2, hidden, intermediate, gated=False)
-    shuffled = hidden * round(1 / float(config.downsample_ratio)) ** 2
-    text_hidden = int(config.get_text_config().hidden_size)
-    projector = 2 * projector_tokens * text_hidden * (shuffled + text_hidden)
-    return _breakdown(config, crops * (embed + layers), projector, prompt, 1)

@@ -19,6 +19,8 @@ PHASES = ("vision", "language")
 TARGETS_ONLY = ("answer_tokens", "answer_choices", "label_weights", "patch_coverage")
 #: A patch token at least this much on the shape answers for the object (the patch answer probe's targets).
 COVERED = 0.5
+#: The background adversary's learning rate, as a multiple of the vision phase's.
+ADVERSARY_LEARNING_RATE = 5.0
 
 
 class TrainingModule(L.LightningModule):
@@ -54,6 +56,8 @@ class TrainingModule(L.LightningModule):
         patch_heads = phase == "vision" and recipe.patch_loss > 0
         self.coverage_head = torch.nn.Linear(width, 1) if patch_heads else None
         self.patch_probe = torch.nn.Linear(width, text.vocab_size) if patch_heads else None
+        adversary = phase == "vision" and recipe.background_loss > 0
+        self.background_probe = torch.nn.Linear(width, text.vocab_size) if adversary else None
         if phase == "language" and recipe.freeze_vision:
             self.model.model.vision_tower.requires_grad_(False)
 
@@ -91,22 +95,28 @@ class TrainingModule(L.LightningModule):
             logits.reshape(-1, logits.shape[-1]), answers.flatten(), ignore_index=-100
         )
 
-    def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The vision features the projector reads (``vision_feature_layer``), [CLS] included as the tower outputs
-        it, without running the projector or the language model."""
+    def image_features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the vision features the projector reads, ``vision_feature_layer``; those the answer probe reads,
+        ``readout_layer``), [CLS] included as the tower outputs it, without running the projector or the language
+        model."""
         output = self.model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
         features: torch.Tensor = output.hidden_states[self.model.config.vision_feature_layer]
-        return features
+        readout: torch.Tensor = output.hidden_states[-1] if self.recipe.readout_layer == "last" else features
+        return features, readout
 
-    def vision_logits(self, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def vision_logits(
+        self, features: torch.Tensor, batch: dict[str, torch.Tensor], readout: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The vision phase's predictions from ``features`` (images, 1 + patches, width): ``probe`` (images, turns,
-        vocabulary) from [CLS] or the mean patch token, and with the patch heads ``coverage`` (images, patches) and
+        vocabulary) from [CLS] or the mean patch token of ``readout`` (the same shape; None: ``features``), and
+        with the patch heads ``coverage`` (images, patches) and
         ``patch`` (open turns, patches, vocabulary), for each turn with an answer the probe can predict (yes/no
         turns have none); answers outside each question's choices are masked out."""
         assert self.probe is not None
         choices = batch["answer_choices"]
         patches = features[:, 1:]
-        pooled = features[:, 0] if self.recipe.vision_readout == "cls" else patches.mean(dim=1)
+        read = features if readout is None else readout
+        pooled = read[:, 0] if self.recipe.vision_readout == "cls" else read[:, 1:].mean(dim=1)
         lowest = torch.finfo(features.dtype).min
         logits = {"probe": self.probe(pooled)[:, None].expand(-1, choices.shape[1], -1).masked_fill(~choices, lowest)}
         if self.coverage_head is not None and self.patch_probe is not None:
@@ -114,6 +124,17 @@ class TrainingModule(L.LightningModule):
             open_turns = batch["answer_tokens"] != -100
             per_patch = self.patch_probe(patches)[open_turns.nonzero()[:, 0]]
             logits["patch"] = per_patch.masked_fill(~choices[open_turns][:, None], lowest)
+        if self.background_probe is not None:
+            open_turns = batch["answer_tokens"] != -100
+            rows = open_turns.nonzero()[:, 0]
+            allowed = ~choices[open_turns][:, None]
+            probe = self.background_probe
+            # The adversary learns on detached tokens; the tower is scored through the adversary's weights held
+            # fixed, so that each side's loss moves only its own parameters.
+            trained = probe(patches.detach())[rows]
+            fixed = torch.nn.functional.linear(patches, probe.weight.detach(), probe.bias.detach())[rows]
+            logits["adversary"] = trained.masked_fill(allowed, lowest)
+            logits["background"] = fixed.masked_fill(allowed, lowest)
         return logits
 
     @staticmethod
@@ -125,17 +146,50 @@ class TrainingModule(L.LightningModule):
         answers = batch["answer_tokens"][open_turns][:, None].expand(-1, covered.shape[1])
         return answers.masked_fill(~covered, -100)
 
+    @staticmethod
+    def background_answers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(open turns, patches) the adversary's targets: each open turn's answer on its image's patches with no
+        pixel on the shape, -100 elsewhere."""
+        open_turns = batch["answer_tokens"] != -100
+        background = (batch["patch_coverage"] == 0)[open_turns.nonzero()[:, 0]]
+        answers = batch["answer_tokens"][open_turns][:, None].expand(-1, background.shape[1])
+        return answers.masked_fill(~background, -100)
+
+    @staticmethod
+    def uniform_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits`` (turns, patches, vocabulary; disallowed answers at the dtype's lowest) against
+        the uniform distribution over each turn's allowed answers, on the positions where ``targets`` is not -100:
+        its minimum, log(number of answers), is reached when the logits tell the answers apart not at all."""
+        scored = targets != -100
+        if not bool(scored.any()):
+            return logits.clamp_min(0).sum() * 0.0
+        chosen = logits[scored]
+        allowed = chosen > torch.finfo(chosen.dtype).min
+        log_probs = torch.log_softmax(chosen, dim=-1)
+        return -(log_probs * allowed).sum(dim=-1).div(allowed.sum(dim=-1)).mean()
+
     def vision_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``probe`` (cross-entropy of the image's answers), and with the patch heads ``coverage`` (binary
         cross-entropy against each patch's shape fraction) and ``patch`` (cross-entropy of the image's answers on
         each covered patch)."""
-        logits = self.vision_logits(self.image_features(batch), batch)
+        return self.vision_losses_from(*self.image_features(batch), batch=batch)
+
+    def vision_losses_from(
+        self, features: torch.Tensor, readout: torch.Tensor | None = None, *, batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`vision_losses` of given ``features`` and ``readout`` (images, 1 + patches, width; see
+        :meth:`vision_logits`)."""
+        logits = self.vision_logits(features, batch, readout)
         losses = {"probe": self.answer_loss(logits["probe"], batch["answer_tokens"])}
         if "patch" in logits:
             losses["coverage"] = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits["coverage"], batch["patch_coverage"].to(logits["coverage"].dtype)
             )
             losses["patch"] = self.answer_loss(logits["patch"], self.patch_answers(batch))
+        if "background" in logits:
+            targets = self.background_answers(batch)
+            losses["adversary"] = self.answer_loss(logits["adversary"], targets)
+            losses["background"] = self.uniform_loss(logits["background"], targets)
         return losses
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -144,8 +198,11 @@ class TrainingModule(L.LightningModule):
             losses = self.vision_losses(batch)
             for name, value in losses.items():
                 self.log(f"train/{name}_loss", value, prog_bar=name == "probe", batch_size=size)
-            patch_terms = [value for name, value in losses.items() if name != "probe"]
-            return losses["probe"] + self.recipe.patch_loss * sum(patch_terms, torch.zeros(()))
+            patch_terms = [value for name, value in losses.items() if name in ("coverage", "patch")]
+            total = losses["probe"] + self.recipe.patch_loss * sum(patch_terms, torch.zeros(()))
+            if "background" in losses:
+                total = total + losses["adversary"] + self.recipe.background_loss * losses["background"]
+            return total
         output = self(batch)
         loss = output.loss if "label_weights" not in batch else weighted_loss(output.logits, batch)
         self.log("train/lm_loss", loss, prog_bar=True, batch_size=size)
@@ -166,7 +223,8 @@ class TrainingModule(L.LightningModule):
 
     def vision_validation(self, batch: dict[str, torch.Tensor]) -> None:
         """Logs the vision phase's validation metrics (see the class docstring)."""
-        logits = self.vision_logits(self.image_features(batch), batch)
+        features, readout = self.image_features(batch)
+        logits = self.vision_logits(features, batch, readout)
         answers = batch["answer_tokens"]
         labelled = answers != -100
         count = int(labelled.sum())
@@ -176,6 +234,12 @@ class TrainingModule(L.LightningModule):
         loss = self.answer_loss(logits["probe"], answers)
         self.log("val/probe_loss", loss, prog_bar=True, batch_size=count, sync_dist=True)
         self.log("val/probe_accuracy", correct / count, prog_bar=True, batch_size=count, sync_dist=True)
+        if "background" in logits:
+            targets = self.background_answers(batch)
+            scored = targets != -100
+            if bool(scored.any()):
+                hits = ((logits["adversary"].argmax(dim=-1) == targets) & scored).sum().float()
+                self.log("val/background_accuracy", hits / scored.sum(), batch_size=int(scored.sum()), sync_dist=True)
         if "patch" not in logits:
             return
         coverage = batch["patch_coverage"]
@@ -199,7 +263,15 @@ class TrainingModule(L.LightningModule):
             named = [
                 (name, parameter)
                 for name, parameter in self.named_parameters()
-                if name.startswith(("model.model.vision_tower", "probe", "coverage_head", "patch_probe"))
+                if name.startswith(
+                    (
+                        "model.model.vision_tower",
+                        "probe",
+                        "coverage_head",
+                        "patch_probe",
+                        "background_probe",
+                    )
+                )
             ]
             learning_rate, steps = recipe.vision_learning_rate, recipe.vision_steps
         else:
@@ -208,8 +280,23 @@ class TrainingModule(L.LightningModule):
         named = [(name, parameter) for name, parameter in named if parameter.requires_grad]
         decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
         no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+        adversary = {id(parameter) for name, parameter in named if name.startswith("background_probe")}
+        groups = [
+            {"params": [p for p in decay if id(p) not in adversary], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in no_decay if id(p) not in adversary], "weight_decay": 0.0},
+        ]
+        if adversary:
+            # The adversary must keep up with the tower it reads, or the tower only hides its answers from this
+            # one probe (a probe fitted afresh still reads them).
+            groups.append(
+                {
+                    "params": [p for _, p in named if id(p) in adversary],
+                    "weight_decay": 0.0,
+                    "lr": learning_rate * ADVERSARY_LEARNING_RATE,
+                }
+            )
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            groups,
             lr=learning_rate,
             betas=(0.9, 0.95),
         )

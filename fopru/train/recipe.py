@@ -6,6 +6,7 @@ from fopru.errors import ConfigError
 
 AUGMENTATIONS = ("none", "dihedral", "placement")
 READOUTS = ("cls", "mean")
+READOUT_LAYERS = ("feature", "last")
 TURN_LAYOUTS = ("isolated", "chained")
 
 
@@ -41,10 +42,19 @@ class TrainingRecipe:
         vision_readout: what the vision phase's answer probe reads, at the layer the projector reads: ``cls``
             (the [CLS] token, which must gather the answer from the patches by attention) or ``mean`` (the mean patch
             token, which lets every patch token carry the whole image).
+        readout_layer: where the vision phase's answer probe reads: ``feature``, the layer the projector reads
+            (``vision_feature_layer``), or ``last``, the tower's last layer, as CLIP's objective sits on its last
+            layer's [CLS] while LLaVA reads the one before (the patch-local objectives always sit on the features).
         patch_loss: weight of the vision phase's patch-local objectives (0: none): a linear head on each patch token
             predicts the fraction of its pixels on the shape, and a second answer probe on each patch token that is
             at least half on the shape predicts the image's answers (the object it belongs to), so that background
             tokens carry background and the shape's tokens carry the shape, as in a pretrained ViT.
+        background_loss: weight of the vision phase's background objective (0: none). An adversary (a linear answer
+            probe trained on the detached background patch tokens, those with no pixel on the shape) learns to read the
+            image's answers off each background token; the tower learns to leave it no better than a uniform guess
+            among the question's answers (cross-entropy of the adversary's prediction against the uniform
+            distribution, through the adversary's weights held fixed), so that what the image shows stays on the
+            tokens that show it.
         vision_steps: optimizer steps of the vision phase (0: none; the language phase trains the tower from scratch).
         vision_batch_size: conversations per vision-phase step.
         vision_learning_rate: peak learning rate of the vision phase.
@@ -76,7 +86,9 @@ class TrainingRecipe:
         gradient_clip: float = 1.0,
         vision_steps: int = 0,
         vision_readout: str = "mean",
+        readout_layer: str = "feature",
         patch_loss: float = 0.0,
+        background_loss: float = 0.0,
         vision_batch_size: int = 64,
         vision_learning_rate: float = 2e-3,
         freeze_vision: bool = False,
@@ -107,10 +119,14 @@ class TrainingRecipe:
             raise ConfigError(f"train.turns={turns!r} is not one of {', '.join(TURN_LAYOUTS)}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"train.augment={augment!r} is not one of {', '.join(AUGMENTATIONS)}")
+        if readout_layer not in READOUT_LAYERS:
+            raise ConfigError(f"train.readout_layer={readout_layer!r} is not one of {', '.join(READOUT_LAYERS)}")
         if vision_readout not in READOUTS:
             raise ConfigError(f"train.vision_readout={vision_readout!r} is not one of {', '.join(READOUTS)}")
         if not patch_loss >= 0:
             raise ConfigError(f"train.patch_loss={patch_loss!r} must be >= 0")
+        if not background_loss >= 0:
+            raise ConfigError(f"train.background_loss={background_loss!r} must be >= 0")
         if answer_probe < 0:
             raise ConfigError(f"train.answer_probe={answer_probe!r} must be >= 0")
         if not gradient_clip > 0:
@@ -133,7 +149,9 @@ class TrainingRecipe:
         self.answer_probe = float(answer_probe)
         self.vision_steps = vision_steps
         self.vision_readout = vision_readout
+        self.readout_layer = readout_layer
         self.patch_loss = float(patch_loss)
+        self.background_loss = float(background_loss)
         self.vision_batch_size = vision_batch_size
         self.vision_learning_rate = float(vision_learning_rate)
         self.freeze_vision = bool(freeze_vision)

@@ -29,7 +29,7 @@ from fopru.train.data import (
     shape_mask,
     yes_no_weights,
 )
-from fopru.train.module import TrainingModule, answer_hits, weighted_loss
+from fopru.train.module import ADVERSARY_LEARNING_RATE, TrainingModule, answer_hits, weighted_loss
 from fopru.train.recipe import TrainingRecipe
 from tests.eval.test_evaluate import train_eval
 
@@ -297,6 +297,8 @@ def test_the_shipped_mini_llava_answers_yes_no_from_the_image() -> None:
         (["train.augment=mirror"], "train.augment='mirror' is not one of none, dihedral, placement"),
         (["train.vision_readout=max"], "train.vision_readout='max' is not one of cls, mean"),
         (["train.patch_loss=-1"], "train.patch_loss=-1"),
+        (["train.background_loss=-0.5"], "train.background_loss=-0.5"),
+        (["train.readout_layer=first"], "train.readout_layer='first' is not one of feature, last"),
         (["train.turns=interleaved"], "train.turns='interleaved' is not one of isolated, chained"),
         (["train.vision_steps=-1"], "train.vision_steps=-1"),
         (["train.resume=nowhere"], "train.resume='nowhere' is not a training run folder"),
@@ -418,6 +420,84 @@ def test_vision_phase_reads_cls_or_the_mean_and_each_covered_patch_by_hand(tmp_p
         [8, 8, -100, -100],
         [-100] * 2 + [9, -100],
     ]
+
+
+def test_background_adversary_and_tower_each_move_only_their_own_weights_by_hand() -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    model = adapter.load().model
+    vocabulary = model.config.get_text_config().vocab_size
+    module = TrainingModule(model, TrainingRecipe(vision_readout="cls", background_loss=1.0), "vision")
+    assert module.background_probe is not None
+    assert TrainingModule(model, TrainingRecipe(), "vision").background_probe is None
+    width = model.config.vision_config.hidden_size
+    features = torch.randn(2, 1 + 4, width, requires_grad=True)
+    choices = torch.zeros(2, 3, vocabulary, dtype=torch.bool)
+    choices[:, :, [7, 8, 9]] = True  # three answers allowed per turn
+    batch = {
+        "answer_tokens": torch.tensor([[7, -100, 8], [-100, -100, 9]]),
+        "answer_choices": choices,
+        "patch_coverage": torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.25, 0.75, 0.0]]),
+    }
+    # The adversary's targets: each open turn's answer on its image's patches with no pixel on the shape.
+    assert TrainingModule.background_answers(batch).tolist() == [
+        [-100, -100, 7, 7],
+        [-100, -100, 8, 8],
+        [9, -100, -100, 9],
+    ]
+    losses = module.vision_losses_from(features, batch=batch)
+    # By hand: the adversary's cross-entropy among the allowed answers on the background patches.
+    weight, bias = module.background_probe.weight, module.background_probe.bias
+    per_patch = features[:, 1:].detach() @ weight.T + bias
+    cells = [(0, 2, 7), (0, 3, 7), (0, 2, 8), (0, 3, 8), (1, 0, 9), (1, 3, 9)]
+    allowed = [7, 8, 9]
+    expected = torch.stack(
+        [-torch.log_softmax(per_patch[i, j, allowed], dim=0)[allowed.index(a)] for i, j, a in cells]
+    ).mean()
+    torch.testing.assert_close(losses["adversary"], expected)
+    # The tower's term: cross-entropy against the uniform guess among the allowed answers.
+    tower = features[:, 1:] @ weight.T.detach() + bias.detach()
+    uniform = torch.stack([-torch.log_softmax(tower[i, j, allowed], dim=0).mean() for i, j, _ in cells]).mean()
+    torch.testing.assert_close(losses["background"], uniform)
+    # The adversary's loss trains the adversary only; the tower's term moves the features only.
+    losses["adversary"].backward(retain_graph=True)
+    assert features.grad is None or not features.grad.any()
+    assert weight.grad is not None and weight.grad.any()
+    weight.grad = None
+    losses["background"].backward()
+    assert weight.grad is None or not weight.grad.any()
+    assert features.grad is not None and features.grad[:, 1:].any()
+    # At equal logits the tower's term is at its minimum, log(3).
+    flat = torch.zeros(1, 2, vocabulary).masked_fill(
+        ~choices[0, :1].expand(2, -1)[None], torch.finfo(torch.float32).min
+    )
+    value = TrainingModule.uniform_loss(flat, torch.tensor([[7, -100]]))
+    torch.testing.assert_close(value, torch.log(torch.tensor(3.0)))
+
+
+def test_the_answer_probe_reads_the_last_layer_or_the_features_as_asked() -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    model = adapter.load().model
+    pixels = {"pixel_values": torch.randn(2, 3, 64, 64)}
+    with torch.no_grad():
+        stock = model.model.vision_tower(pixels["pixel_values"], output_hidden_states=True).hidden_states
+        for layer, expected in (("last", stock[-1]), ("feature", stock[model.config.vision_feature_layer])):
+            module = TrainingModule(model, TrainingRecipe(vision_readout="cls", readout_layer=layer), "vision")
+            features, readout = module.image_features(pixels)
+            torch.testing.assert_close(features, stock[model.config.vision_feature_layer])
+            torch.testing.assert_close(readout, expected)
+    assert not torch.allclose(stock[-1], stock[-2])
+
+
+def test_the_background_adversary_learns_faster_than_the_tower() -> None:
+    adapter = load("model", "mini_llava", TargetModel)
+    module = TrainingModule(adapter.load().model, TrainingRecipe(background_loss=1.0), "vision")
+    optimizer = module.configure_optimizers()["optimizer"]
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert module.background_probe is not None
+    tower = rates[id(next(module.model.model.vision_tower.parameters()))]
+    assert rates[id(module.background_probe.weight)] == tower * ADVERSARY_LEARNING_RATE
+    assert rates[id(module.probe.weight)] == tower  # type: ignore[union-attr]
+    assert ADVERSARY_LEARNING_RATE > 1
 
 
 def test_two_ddp_processes_train_both_phases(tmp_path: Path) -> None:

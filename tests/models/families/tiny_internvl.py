@@ -33,7 +33,7 @@ class InternVLContract(FamilyContract):
 CONTRACT = InternVLContract(
     positions=("compact", "original", "auto"),
     run_positions="auto",
-    sources=("focal", "cls", "norm", "random"),
+    sources=("focal", "norm"),  # with a tap, and without one; every other source runs with one strategy
     hand_fed=(Case("rank", 0.25), Case("row", 0.5)),
     # Example 0 is 2 x 2 tiles + thumbnail (5 crops of 16 tokens): every crop keeps floor(0.25 * 16) = 4 tokens
     # (rank, pool) or floor(0.5 * 4) = 2 rows of 4 (row).

@@ -46,10 +46,9 @@ class PrefixSplit:
     attention_mask: torch.Tensor
 
 
-def _visual_end(visual: torch.Tensor) -> int:
-    """One past the last visual token of a row's real tokens (0 without any)."""
-    found = visual.nonzero()
-    return int(found[-1]) + 1 if found.numel() else 0
+#: The shared prefill runs only when its token count (prefixes plus remainders, padding included) is at most this
+#: fraction of the whole batch's: a second forward call costs something of its own.
+MAX_COST = 0.8
 
 
 def _common_length(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -63,61 +62,87 @@ def _common_length(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch
     return int(different[0]) if different.numel() else length
 
 
-def split_shared_prefix(inputs: LanguageInputs) -> PrefixSplit | None:
+def _same_start(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor], end: int) -> bool:
+    return torch.equal(first[0][:end], second[0][:end]) and torch.equal(first[1][:, :end], second[1][:, :end])
+
+
+def _last_visual_key(row: tuple[torch.Tensor, torch.Tensor], end: int) -> tuple[int, bytes]:
+    embeds, positions = row
+    token = torch.cat([embeds[end - 1].detach().float().cpu(), positions[:, end - 1].float().cpu()])
+    return end, token.numpy().tobytes()
+
+
+def _image_groups(rows: list[tuple[torch.Tensor, torch.Tensor]], ends: list[int]) -> list[list[int]]:
+    """Rows grouped by their tokens through the last visual one (equal bit for bit); rows without visual tokens
+    alone."""
+    groups: list[list[int]] = []
+    # The last visual token (its embedding, position and place) -> the groups whose image part ends with it: rows
+    # are compared in full only with rows that share it.
+    by_last: dict[tuple[int, bytes], list[int]] = {}
+    for row, end in enumerate(ends):
+        candidates = by_last.setdefault(_last_visual_key(rows[row], end), []) if end else []
+        for number in candidates:
+            if _same_start(rows[groups[number][0]], rows[row], end):
+                groups[number].append(row)
+                break
+        else:
+            if end:
+                candidates.append(len(groups))
+            groups.append([row])
+    return groups
+
+
+def split_shared_prefix(inputs: LanguageInputs, max_cost: float = MAX_COST) -> PrefixSplit | None:
     """Group the rows whose prompts agree up to and including their last visual token (the same image, pruned
-    alike) and split every row into its group's longest common prefix and its remainder; ``None`` when no two
-    rows share their image part (then sharing saves nothing) or the inputs carry no visual mask.
+    alike) and split every row into its group's longest common prefix and its remainder; ``None`` when sharing
+    would not pay (no two rows share their image part, or the split prefill would run more than ``max_cost`` of
+    the whole batch's tokens), or the inputs are not left-padded with a visual mask.
 
     A row keeps at least its last token out of the prefix, so that every row's next-token logits come from its
     own prefill."""
     if inputs.visual_mask is None or inputs.inputs_embeds.shape[0] < 2:
         return None
     mask = inputs.attention_mask.bool()
-    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-    ends: list[int] = []
-    for row in range(mask.shape[0]):
-        real = mask[row]
-        rows.append((inputs.inputs_embeds[row, real], inputs.position_ids[:, row, real]))
-        ends.append(_visual_end(inputs.visual_mask[row, real]))
-    groups: list[list[int]] = []
-    prefix_lengths: list[int] = []
-    for row, (sequence, end) in enumerate(zip(rows, ends, strict=True)):
-        for number, members in enumerate(groups):
-            leader = members[0]
-            if end == 0 or ends[leader] != end:
-                continue
-            common = _common_length(rows[leader], sequence)
-            if common >= end:
-                members.append(row)
-                prefix_lengths[number] = min(prefix_lengths[number], common)
-                break
-        else:
-            groups.append([row])
-            prefix_lengths.append(sequence[0].shape[0])
-    if all(len(members) == 1 for members in groups):
+    batch, width = mask.shape
+    columns = torch.arange(width, device=mask.device)
+    lengths = mask.sum(dim=1)
+    starts = width - lengths
+    if not torch.equal(mask, columns[None] >= starts[:, None]):
+        return None  # not left-padded: the real tokens are not one run per row
+    last_visual = torch.where(inputs.visual_mask & mask, columns[None], -1).amax(dim=1)
+    ends = torch.where(last_visual >= 0, last_visual + 1 - starts, 0).tolist()
+    rows = [
+        (inputs.inputs_embeds[row, start:], inputs.position_ids[:, row, start:])
+        for row, start in enumerate(starts.tolist())
+    ]
+    groups = _image_groups(rows, ends)
+    if len(groups) == batch:
         return None
-    group_of_row = torch.empty(len(rows), dtype=torch.long)
+    prefix_lengths = []
+    for members in groups:
+        leader = rows[members[0]]
+        common = min(rows[member][0].shape[0] for member in members) - 1
+        end = ends[members[0]]
+        for member in members[1:]:  # past the image, the questions' common first words
+            tail = _common_length(
+                (leader[0][end:], leader[1][:, end:]), (rows[member][0][end:], rows[member][1][:, end:])
+            )
+            common = min(common, end + tail)
+        prefix_lengths.append(common)
+    if min(prefix_lengths) < 1:  # a one-token prompt has nothing to share, and an empty prefix row is all padding
+        return None
+    group_of_row = torch.empty(batch, dtype=torch.long)
     for number, members in enumerate(groups):
         group_of_row[members] = number
-        shortest = min(rows[member][0].shape[0] for member in members)
-        prefix_lengths[number] = min(prefix_lengths[number], shortest - 1)
-    if min(prefix_lengths) < 1:  # a one-token prompt has nothing to share, and an empty prefix row is all padding
+    remainders = [rows[row][0].shape[0] - prefix_lengths[int(group)] for row, group in enumerate(group_of_row)]
+    if len(groups) * max(prefix_lengths) + batch * max(remainders) > max_cost * batch * width:
         return None
     prefix = _left_padded([rows[members[0]] for members in groups], prefix_lengths, skip=None)
     suffix = _left_padded(rows, None, skip=[prefix_lengths[int(group)] for group in group_of_row])
-    device = inputs.inputs_embeds.device
-    group_of_row = group_of_row.to(device)
+    group_of_row = group_of_row.to(mask.device)
     attention_mask = torch.cat([prefix[1][group_of_row], suffix[1]], dim=1)
     visual = torch.zeros_like(prefix[1], dtype=torch.bool)
-    prefix_inputs = LanguageInputs(
-        prefix[0],
-        prefix[1],
-        prefix[2],
-        visual.sum(dim=1),
-        (),
-        (0,) * len(groups),
-        visual,
-    )
+    prefix_inputs = LanguageInputs(prefix[0], prefix[1], prefix[2], visual.sum(dim=1), (), (0,) * len(groups), visual)
     return PrefixSplit(group_of_row, prefix_inputs, suffix[0], suffix[2], attention_mask)
 
 

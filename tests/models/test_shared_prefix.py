@@ -163,7 +163,8 @@ def test_the_split_by_hand() -> None:
         [[1, 7, 7, 3, 4], [1, 8, 8, 3], [1, 7, 7, 3, 5, 6], [1, 7, 9, 3]],
         [v, v[:4], [*v, False], v[:4]],
     )
-    split = split_shared_prefix(inputs)
+    assert split_shared_prefix(inputs) is None  # 3 prefixes of 4 and 4 remainders of 2 > 0.8 of 4 rows of 6
+    split = split_shared_prefix(inputs, max_cost=1.0)
     assert split is not None
     assert split.group_of_row.tolist() == [0, 1, 0, 2]
     # Prefixes: group 0 = [1 7 7 3] (common to rows 0 and 2), groups 1 and 2 keep their last token out.
@@ -184,6 +185,10 @@ def test_the_split_by_hand() -> None:
 
 def test_no_split_without_repeats_or_visual_tokens() -> None:
     v = [False, True, False]
-    assert split_shared_prefix(_inputs([[1, 7, 3], [1, 8, 3]], [v, v])) is None
+    assert split_shared_prefix(_inputs([[1, 7, 3], [1, 8, 3]], [v, v]), max_cost=1.0) is None
     text_only = [False, False, False]
-    assert split_shared_prefix(_inputs([[1, 2, 3], [1, 2, 3]], [text_only, text_only])) is None
+    assert split_shared_prefix(_inputs([[1, 2, 3], [1, 2, 3]], [text_only, text_only]), max_cost=1.0) is None
+    # The same image twice: 1 prefix of 2 + 2 remainders of 1 = 4 tokens, against 2 rows of 3.
+    shared = split_shared_prefix(_inputs([[1, 7, 3], [1, 7, 4]], [v, v]))
+    assert shared is not None and shared.group_of_row.tolist() == [0, 0]
+    assert split_shared_prefix(_inputs([[1, 7, 3], [1, 7, 4]], [v, v]), max_cost=0.6) is None

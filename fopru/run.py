@@ -18,6 +18,7 @@ from fopru.eval.result import RunResult
 from fopru.eval.tracking import ResultLogger
 from fopru.jobs import sweep_name
 from fopru.models.base import TargetModel
+from fopru.models.shared_prefix import shared_prefix_switch
 from fopru.models.vision_cache import VisionCache
 from fopru.pareto.units import format_flops
 from fopru.pipeline import PruningPipeline
@@ -46,6 +47,7 @@ def run(cfg: DictConfig) -> PruningPipeline:
     target = build("model", cfg.model, TargetModel)
     if "cache" in cfg:
         target.vision_cache = build("cache", cfg.cache, VisionCache)
+    target.shared_prefix = shared_prefix_switch(cfg.get("shared_prefix", True))
     benchmark = build("data", cfg.data, Benchmark)
     result_logger = build("logger", cfg.logger, ResultLogger)
     target.check_positions(pipeline.reorder.positions)

@@ -303,6 +303,12 @@ def random_llava_7b(attention: str, device: str, reference: TargetModel, shape: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", type=int, default=200, help="easy-VQA test questions of checks 1 and 2")
+    parser.add_argument(
+        "--whole-images",
+        action="store_true",
+        help="checks 1 and 2 on every question of the first images of the test split (about 10 per image, as a "
+        "full evaluation sees them) instead of the seeded draw of --questions questions",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput and prefill comparisons")
     parser.add_argument("--sweep-rounds", type=int, default=1, help="rounds of the sweep (5 paired jobs each)")
     parser.add_argument("--cli", action="store_true", help="also time two default sweeps through train_eval.py")
@@ -314,7 +320,8 @@ def main() -> None:
 
     root = OmegaConf.load(CONFIG_DIR / "train_eval.yaml")
     batch = int(root.batch_size)
-    benchmark = instantiate(OmegaConf.load(CONFIG_DIR / "data" / "easyvqa.yaml"), limit=args.questions, seed=0)
+    limit = None if args.whole_images else args.questions
+    benchmark = instantiate(OmegaConf.load(CONFIG_DIR / "data" / "easyvqa.yaml"), limit=limit, seed=0)
     dataset = benchmark.load()
     rows = [dataset[index] for index in range(min(args.questions, len(dataset)))]
     tokens = benchmark.max_new_tokens
@@ -323,6 +330,8 @@ def main() -> None:
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "batch_size": batch,
         "max_new_tokens": tokens,
+        "questions": "whole images" if args.whole_images else "seeded draw",
+        "distinct_images": len({row["image_id"] for row in rows}),
     }
     if not args.gpu and not args.smoke:
         figures["throughput"] = throughput(embedded, rows, batch, tokens, args.rounds)

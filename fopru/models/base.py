@@ -29,6 +29,7 @@ from fopru.models.inputs import SAMPLE_KEYS, Generation, KeptImage, LanguageInpu
 from fopru.models.loading import checkpoint_fingerprint, resolve_checkpoint, torch_dtype
 from fopru.models.pruning import prune_images, tap_flops
 from fopru.models.sequence import assemble_sequences, prompt_text
+from fopru.models.shared_prefix import split_shared_prefix
 from fopru.models.staged import Segment, StagedDecoder
 from fopru.models.tap import VisionAttentionTap
 from fopru.models.vision_cache import VisionCache, join_images, split_images
@@ -138,6 +139,10 @@ class TargetModel(ABC):
     #: Whether :meth:`visual_groups` puts consecutive images of one layout into one group (LLaVA-1.5) rather than
     #: one group per image: cached images are handed over the same way.
     groups_images: bool = False
+    #: Whether the prefill can be split into a prefix shared by the rows of one image and each row's remainder
+    #: (:meth:`shared_prefill`): False where visual features enter the language model deeper than its input
+    #: embeddings (Qwen3-VL's DeepStack), which the stock forward of the remainder would not see.
+    splits_prefill: bool = True
 
     def __init__(
         self,
@@ -161,6 +166,9 @@ class TargetModel(ABC):
         self.timer: PhaseTimer | None = None
         #: When set and enabled, each distinct image is encoded once and reused (:meth:`encoded_groups`).
         self.vision_cache: VisionCache | None = None
+        #: Prefill the prompt prefix of an image once for all its rows of a batch (:meth:`shared_prefill`); the
+        #: run-level ``shared_prefix`` key sets it.
+        self.shared_prefix = True
         self._cache_contexts: dict[tuple[int | None, str, bool, bool], str] = {}
 
     def phase(self, name: str) -> AbstractContextManager[None]:
@@ -632,6 +640,35 @@ class TargetModel(ABC):
         with torch.no_grad():
             return self.prefill_forward(inputs, DynamicCache())
 
+    def shares_prefix(self, pipeline: PruningPipeline) -> bool:
+        """Whether :meth:`generate` prefills each image's prompt prefix once for all its rows: the switch is on,
+        the family's prefill splits (:attr:`splits_prefill`), and the kept visual tokens cannot depend on the
+        question (no text-guided strategy, no in-LLM pruning)."""
+        return (
+            self.shared_prefix and self.splits_prefill and not pipeline.request.text and not pipeline.llm_pruning.active
+        )
+
+    def shared_prefill(self, inputs: LanguageInputs, cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefill with the prompt prefix common to the rows of one image (system text and its kept tokens)
+        run once per image (:func:`~fopru.models.shared_prefix.split_shared_prefix`): its KV cache is expanded to
+        the image's rows and each row's remainder is prefilled on top, at the positions that continue it.
+
+        A numerically equivalent rewrite of :meth:`prefill_forward` (the cache holds the same keys and values at the
+        same positions; only the grouping of the arithmetic changes, as with the batch size), so it is not part of
+        what names a results folder. Returns the (B, 1, V) logits of every row's last prompt token and the (B, C)
+        attention mask over the filled cache (padding may sit between a row's prefix and its remainder); a batch
+        whose rows share no image is prefilled as it is, with its own mask.
+        """
+        split = split_shared_prefix(inputs)
+        if split is None:
+            return self.prefill_forward(inputs, cache, logits_to_keep=1), inputs.attention_mask
+        self.prefill_forward(split.prefix, cache, logits_to_keep=1)
+        cache.reorder_cache(split.group_of_row)  # type: ignore[arg-type]  # LongTensor is Tensor at runtime
+        logits = self.language_forward(
+            split.suffix_positions, split.attention_mask, cache, inputs_embeds=split.suffix_embeds, logits_to_keep=1
+        )
+        return logits, split.attention_mask
+
     def staged_decoder(self) -> StagedDecoder:
         """The language model as decoder layers and lm_head, for in-LLM pruning (every family nests it the same)."""
         return StagedDecoder(self.model.model.language_model, self.model.lm_head)
@@ -654,8 +691,11 @@ class TargetModel(ABC):
         with torch.no_grad():
             inputs = self.prefill_inputs(batch, pipeline)
             cache = DynamicCache()
+            mask = inputs.attention_mask
             with self.phase("prefill"):
-                if staged is None:
+                if self.shares_prefix(pipeline):
+                    logits, mask = self.shared_prefill(inputs, cache)
+                elif staged is None:
                     logits = self.prefill_forward(inputs, cache, logits_to_keep=1)
                 else:
                     if inputs.visual_mask is None:
@@ -681,7 +721,6 @@ class TargetModel(ABC):
             token = logits[:, -1].argmax(dim=-1)
             finished = token == eos
             generated = [token]
-            mask = inputs.attention_mask
             position = inputs.next_position
             for _ in range(max_new_tokens - 1):
                 if bool(finished.all()):

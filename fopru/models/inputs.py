@@ -102,7 +102,7 @@ class Generation:
         texts: decoded strings, special tokens removed.
         inputs: the prefill inputs (kept visual tokens, positions) that produced them.
         prompt_cache_length: cached positions right after prefill: the left-padded prompt length L (for one sample,
-            text + kept visual tokens).
+            text + kept visual tokens); with a shared image prefix, the longest prefix plus the longest remainder.
         layer_cache_lengths: cached positions of every language-model layer right after prefill (all equal to
             ``prompt_cache_length`` without in-LLM pruning; later layers hold fewer with it).
         survivors: with in-LLM pruning, one (B, L) bool mask over the prefill sequence per boundary: the prompt

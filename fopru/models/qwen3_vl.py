@@ -61,6 +61,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     - Positions: M-RoPE, ``reorder.positions=original`` only (kept tokens keep their (t, h, w) positions).
     """
 
+    #: DeepStack features enter language layers past the embeddings at the visual positions: the prefill runs whole.
+    splits_prefill = False
     model_class: Any = Qwen3VLForConditionalGeneration
     processor_class: Any = ImageOnlyQwen3VLProcessor
 

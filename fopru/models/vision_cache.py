@@ -15,8 +15,10 @@ under a digest of
 Entries are files ``<digest[:2]>/<digest>.pt`` written atomically (a temporary file renamed into place), so
 concurrent jobs and DDP ranks sharing the folder never read a torn entry; an unreadable entry is a miss. When the
 folder grows past ``max_gb``, the least recently used entries (by modification time, refreshed on every hit) are
-evicted under a ``flock`` until it is back under 90% of the cap. The text side (prompts, text-guided strategies,
-in-LLM pruning) runs after the cache on every request: nothing text-dependent is ever stored.
+evicted under a ``flock`` until it is back under 90% of the cap. Each process also keeps the entries it read or
+wrote last in memory (up to ``memory_mb``, least recently used dropped first): a hit there reads no file. The text
+side (prompts, text-guided strategies, in-LLM pruning) runs after the cache on every request: nothing
+text-dependent is ever stored.
 
 Entries are pickles whose references to the model's own modules and parameters (the projector, LLaVA-NeXT's
 newline) are stored by name and resolved against the loading model; only torch, fopru and a few standard globals
@@ -34,6 +36,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -63,13 +66,14 @@ def default_folder() -> Path:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """Counters of one cache object: images found, images encoded (misses, duplicates counted once), bytes
-    written and entries evicted."""
+    """Counters of one cache object: images found (``memory_hits`` of them in memory, without reading a file),
+    images encoded (misses, duplicates counted once), bytes written and entries evicted from the folder."""
 
     hits: int = 0
     misses: int = 0
     written_bytes: int = 0
     evicted: int = 0
+    memory_hits: int = 0
 
 
 class VisionCache:
@@ -79,16 +83,26 @@ class VisionCache:
         enabled: ``False``: every image is encoded on every request (exactly the uncached path).
         folder: where entries live; ``None``: :func:`default_folder`.
         max_gb: the size cap of the folder, in GB (10^9 bytes).
+        memory_mb: the size cap of the in-memory layer, in MB (10^6 bytes, counted as the entries' stored size);
+            0: every hit reads its file.
     """
 
-    def __init__(self, enabled: bool = True, folder: str | None = None, max_gb: float = 8.0) -> None:
+    def __init__(
+        self, enabled: bool = True, folder: str | None = None, max_gb: float = 8.0, memory_mb: float = 512.0
+    ) -> None:
         if not isinstance(enabled, bool):
             raise ConfigError(f"cache.enabled={enabled!r} must be true or false")
         if isinstance(max_gb, bool) or not isinstance(max_gb, int | float) or max_gb <= 0:
             raise ConfigError(f"cache.max_gb={max_gb!r} must be a positive number of GB")
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int | float) or memory_mb < 0:
+            raise ConfigError(f"cache.memory_mb={memory_mb!r} must be a number of MB >= 0")
         self.enabled = enabled
         self.folder = Path(folder).expanduser() if folder else default_folder()
         self.max_bytes = int(max_gb * 1e9)
+        self.memory_bytes = int(memory_mb * 1e6)
+        #: digest -> (entry, its stored size), least recently used first; entries of the model last seen only.
+        self._memory: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._memory_size = 0
         self.stats = CacheStats()
         self._size: int | None = None  # bytes in the folder as last scanned, plus what this process wrote since
         self._model: tuple[int, dict[int, tuple[str, Any]]] | None = None
@@ -106,12 +120,14 @@ class VisionCache:
 
     @staticmethod
     def image_digest(context: str, tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-        """The digest of one image's vision inputs (name, dtype, shape, bytes) under ``context``."""
-        digest = hashlib.sha256(context.encode())
+        """The digest of one image's vision inputs (name, dtype, shape, bytes) under ``context``: BLAKE2b over
+        the tensors' memory as it is (no copy where it is already contiguous on the CPU)."""
+        digest = hashlib.blake2b(context.encode(), digest_size=32)
         for name, tensor in tensors:
             flat = tensor.detach().contiguous().cpu()
             digest.update(f"{name}:{flat.dtype}:{tuple(flat.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            if flat.numel():
+                digest.update(flat.reshape(-1).view(torch.uint8).numpy().data)
         return digest.hexdigest()
 
     def path(self, digest: str) -> Path:
@@ -123,6 +139,12 @@ class VisionCache:
         if not self.enabled:
             return None
         path = self.path(digest)
+        remembered = self._remembered(digest, model)
+        if remembered is not None:
+            with contextlib.suppress(OSError):  # still the folder's most recently used: no read, one timestamp
+                os.utime(path)
+            self.stats = _bump(self.stats, hits=1, memory_hits=1)
+            return remembered
         try:
             data = path.read_bytes()
             entry = _EntryUnpickler(io.BytesIO(data), self.references(model)).load()
@@ -134,7 +156,40 @@ class VisionCache:
         with contextlib.suppress(OSError):  # the least recently used entries are evicted first
             os.utime(path)
         self.stats = _bump(self.stats, hits=1)
+        self._remember(digest, entry, len(data))
         return entry
+
+    def _remembered(self, digest: str, model: nn.Module) -> Any | None:
+        if self._model is None or self._model[0] != id(model):
+            self.forget()  # entries refer to the model they were read or written for
+            return None
+        found = self._memory.get(digest)
+        if found is None:
+            return None
+        self._memory.move_to_end(digest)
+        return found[0]
+
+    def _remember(self, digest: str, entry: Any, size: int) -> None:
+        if size > self.memory_bytes:
+            return
+        previous = self._memory.pop(digest, None)
+        if previous is not None:
+            self._memory_size -= previous[1]
+        self._memory[digest] = (entry, size)
+        self._memory_size += size
+        while self._memory_size > self.memory_bytes:
+            _, (_, dropped) = self._memory.popitem(last=False)
+            self._memory_size -= dropped
+
+    def forget(self, digest: str | None = None) -> None:
+        """Drop one entry (or, without ``digest``, all) from the in-memory layer; the files stay."""
+        if digest is None:
+            self._memory.clear()
+            self._memory_size = 0
+            return
+        found = self._memory.pop(digest, None)
+        if found is not None:
+            self._memory_size -= found[1]
 
     def put(self, digest: str, entry: Any, model: nn.Module) -> None:
         """Store ``entry`` under ``digest`` (atomically), then evict when the folder exceeds the cap."""
@@ -153,6 +208,7 @@ class VisionCache:
         except OSError as error:  # a full or read-only disk costs only the reuse
             log.warning("vision cache: cannot write %s (%s)", path, error)
             return
+        self._remember(digest, entry, len(data))
         self.stats = _bump(self.stats, written_bytes=len(data))
         if self._size is None:
             self._size = self.scan_size()
@@ -164,6 +220,7 @@ class VisionCache:
     def references(self, model: nn.Module) -> dict[int, tuple[str, Any]]:
         """The named objects of ``model`` (:func:`model_references`), listed once per model."""
         if self._model is None or self._model[0] != id(model):
+            self.forget()
             self._model = (id(model), model_references(model))
         return self._model[1]
 
@@ -203,6 +260,7 @@ class VisionCache:
                 if total <= target:
                     break
                 path.unlink(missing_ok=True)
+                self.forget(path.stem)
                 total -= size
                 evicted += 1
             self._size = total

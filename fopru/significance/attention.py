@@ -91,18 +91,17 @@ def _split_cls(num_positions: int, has_cls: bool) -> int:
     return first
 
 
-def _block_scores(logits: torch.Tensor, first: int, reduction: AttentionReduction) -> torch.Tensor:
-    """Per-head scores of a block of query rows, keys restricted to patches: (B, H, rows, N).
+def _head_sums(logits: torch.Tensor, first: int, reduction: AttentionReduction) -> torch.Tensor:
+    """Scores of a block of query rows summed over heads, keys restricted to patches: (B, rows, N).
 
-    Works in place on ``logits`` (a fresh float32 buffer owned by the caller): one allocation per block instead of
-    three keeps the tap's cost to its arithmetic.
+    The softmax is one fused kernel over the block's logits, and the head sum one contiguous reduction before the
+    [CLS] column is dropped: the tap's cost stays close to its two passes over the block.
     """
     if reduction.scores == "logits":
-        return logits[..., first:]
-    normalized = logits[..., first:] if reduction.cls_drop == "before_softmax" else logits
-    normalized.sub_(normalized.amax(dim=-1, keepdim=True)).exp_()
-    normalized.div_(normalized.sum(dim=-1, keepdim=True))
-    return logits[..., first:]
+        return logits.sum(dim=1)[..., first:]
+    if reduction.cls_drop == "before_softmax":
+        return torch.softmax(logits[..., first:], dim=-1).sum(dim=1)
+    return torch.softmax(logits, dim=-1).sum(dim=1)[..., first:]
 
 
 def summarize_attention(
@@ -158,24 +157,27 @@ def summarize_query_key(
     num_patches = positions - first
     if block_rows is None:
         block_rows = max(1, _BLOCK_BYTES // (4 * batch * heads * positions))
-    received = query.new_zeros((batch, num_patches), dtype=torch.float32)
-    paid = query.new_zeros((batch, num_patches), dtype=torch.float32)
-    cls: torch.Tensor | None = None
+    scaled = query.float() * scaling
     key_t = key.float().transpose(-1, -2)
+    received: torch.Tensor | None = None
+    paid_parts: list[torch.Tensor] = []
+    cls: torch.Tensor | None = None
     for start in range(0, positions, block_rows):
-        stop = min(positions, start + block_rows)
-        logits = torch.matmul(query[:, :, start:stop].float() * scaling, key_t)
-        mean = _block_scores(logits, first, reduction).mean(dim=1)  # (B, rows, N)
+        summed = _head_sums(torch.matmul(scaled[:, :, start : start + block_rows], key_t), first, reduction)
         if has_cls and start == 0:
-            cls = mean[:, 0, :]
-        rows = mean[:, max(0, first - start) :, :]
-        received += rows.sum(dim=1)
-        paid[:, max(0, start - first) : stop - first] = rows.mean(dim=2)
+            cls = summed[:, 0, :] / heads
+        rows = summed[:, max(0, first - start) :, :]  # the patches' query rows
+        part = rows.sum(dim=1)
+        received = part if received is None else received + part
+        paid_parts.append(rows.sum(dim=2))
+    assert received is not None
+    scale = 1.0 / (heads * num_patches)
+    received = received * scale
+    paid = torch.cat(paid_parts, dim=1) * scale
     cls_joint = None
     if has_cls:
         # One softmax over the full-width [CLS] logits: heads concatenated, scaled by the full width.
-        cls_query = query[:, :, :1].float().transpose(1, 2).flatten(2)  # (B, 1, H * D)
-        keys = key.float().transpose(1, 2).flatten(2)  # (B, T, H * D)
-        joint = torch.matmul(cls_query, keys.transpose(1, 2))[:, 0] * (heads * query.shape[-1]) ** -0.5
+        # (The per-head [CLS] dot products summed over heads are the full-width ones.)
+        joint = torch.matmul(query[:, :, :1].float(), key_t).sum(dim=1)[:, 0] * (heads * query.shape[-1]) ** -0.5
         cls_joint = joint.softmax(dim=-1)[:, first:]
-    return AttentionSummary(received=received / num_patches, paid=paid, cls=cls, cls_joint=cls_joint)
+    return AttentionSummary(received=received, paid=paid, cls=cls, cls_joint=cls_joint)

@@ -19,8 +19,6 @@ PHASES = ("vision", "language")
 TARGETS_ONLY = ("answer_tokens", "answer_choices", "label_weights", "patch_coverage")
 #: A patch token at least this much on the shape answers for the object (the patch answer probe's targets).
 COVERED = 0.5
-#: The background adversary's learning rate, as a multiple of the vision phase's.
-ADVERSARY_LEARNING_RATE = 5.0
 
 
 class TrainingModule(L.LightningModule):
@@ -280,23 +278,8 @@ class TrainingModule(L.LightningModule):
         named = [(name, parameter) for name, parameter in named if parameter.requires_grad]
         decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
         no_decay = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-        adversary = {id(parameter) for name, parameter in named if name.startswith("background_probe")}
-        groups = [
-            {"params": [p for p in decay if id(p) not in adversary], "weight_decay": recipe.weight_decay},
-            {"params": [p for p in no_decay if id(p) not in adversary], "weight_decay": 0.0},
-        ]
-        if adversary:
-            # The adversary must keep up with the tower it reads, or the tower only hides its answers from this
-            # one probe (a probe fitted afresh still reads them).
-            groups.append(
-                {
-                    "params": [p for _, p in named if id(p) in adversary],
-                    "weight_decay": 0.0,
-                    "lr": learning_rate * ADVERSARY_LEARNING_RATE,
-                }
-            )
         optimizer = torch.optim.AdamW(
-            groups,
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=learning_rate,
             betas=(0.9, 0.95),
         )

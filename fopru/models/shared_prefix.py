@@ -137,8 +137,12 @@ def split_shared_prefix(inputs: LanguageInputs, max_cost: float = MAX_COST) -> P
     remainders = [rows[row][0].shape[0] - prefix_lengths[int(group)] for row, group in enumerate(group_of_row)]
     if len(groups) * max(prefix_lengths) + batch * max(remainders) > max_cost * batch * width:
         return None
-    prefix = _left_padded([rows[members[0]] for members in groups], prefix_lengths, skip=None)
-    suffix = _left_padded(rows, None, skip=[prefix_lengths[int(group)] for group in group_of_row])
+    leaders = [rows[members[0]] for members in groups]
+    prefix = _left_padded(
+        [(embeds[:n], positions[:, :n]) for (embeds, positions), n in zip(leaders, prefix_lengths, strict=True)]
+    )
+    skips = [prefix_lengths[int(group)] for group in group_of_row]
+    suffix = _left_padded([(embeds[n:], positions[:, n:]) for (embeds, positions), n in zip(rows, skips, strict=True)])
     group_of_row = group_of_row.to(mask.device)
     attention_mask = torch.cat([prefix[1][group_of_row], suffix[1]], dim=1)
     visual = torch.zeros_like(prefix[1], dtype=torch.bool)
@@ -147,16 +151,9 @@ def split_shared_prefix(inputs: LanguageInputs, max_cost: float = MAX_COST) -> P
 
 
 def _left_padded(
-    rows: list[tuple[torch.Tensor, torch.Tensor]], lengths: list[int] | None, skip: list[int] | None
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows' tokens ``[:length]`` (or ``[skip:]``) as left-padded (embeds, int64 mask, positions)."""
-    parts = []
-    for number, (embeds, positions) in enumerate(rows):
-        if lengths is not None:
-            parts.append((embeds[: lengths[number]], positions[:, : lengths[number]]))
-        else:
-            assert skip is not None
-            parts.append((embeds[skip[number] :], positions[:, skip[number] :]))
+    """Rows' (embeds, positions) as left-padded (embeds, int64 mask, positions)."""
     longest = max(embeds.shape[0] for embeds, _ in parts)
     first_embeds, first_positions = parts[0]
     batch = len(parts)

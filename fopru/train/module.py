@@ -139,19 +139,22 @@ class TrainingModule(L.LightningModule):
     def patch_answers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(open turns, patches) the patch probe's targets: each open turn's answer on its image's patches at least
         :data:`COVERED` on the shape, -100 elsewhere."""
-        open_turns = batch["answer_tokens"] != -100
-        covered = (batch["patch_coverage"] >= COVERED)[open_turns.nonzero()[:, 0]]
-        answers = batch["answer_tokens"][open_turns][:, None].expand(-1, covered.shape[1])
-        return answers.masked_fill(~covered, -100)
+        return TrainingModule.answers_on(batch, batch["patch_coverage"] >= COVERED)
 
     @staticmethod
     def background_answers(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(open turns, patches) the adversary's targets: each open turn's answer on its image's patches with no
         pixel on the shape, -100 elsewhere."""
+        return TrainingModule.answers_on(batch, batch["patch_coverage"] == 0)
+
+    @staticmethod
+    def answers_on(batch: dict[str, torch.Tensor], chosen: torch.Tensor) -> torch.Tensor:
+        """(open turns, patches) each open turn's answer on the patches of its image that ``chosen`` (images,
+        patches; bool) marks, -100 elsewhere."""
         open_turns = batch["answer_tokens"] != -100
-        background = (batch["patch_coverage"] == 0)[open_turns.nonzero()[:, 0]]
-        answers = batch["answer_tokens"][open_turns][:, None].expand(-1, background.shape[1])
-        return answers.masked_fill(~background, -100)
+        marked = chosen[open_turns.nonzero()[:, 0]]
+        answers = batch["answer_tokens"][open_turns][:, None].expand(-1, marked.shape[1])
+        return answers.masked_fill(~marked, -100)
 
     @staticmethod
     def uniform_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -374,12 +374,16 @@ class TargetModel(ABC):
         if needed is None or needed >= len(layers) or self._untruncated is not None:
             yield
             return
-        owner, name = self._owner_of(layers)
-        # transformers hooks its hidden-state recording onto the layers present at a model's first forward: hook
-        # every model around the tower now, while it is whole, as its own first forward would.
-        install = _hook_installer()
-        for module in self._models_around(layers):
-            install(module)
+        if self._truncation is None or self._truncation[0] is not layers:
+            owner, name = self._owner_of(layers)
+            # transformers hooks its hidden-state recording onto the layers present at a model's first forward:
+            # hook every model around the tower now, while it is whole, as its own first forward would. Once per
+            # tower: the hooks stay, and the walk over every module costs more than a small tower's layer.
+            install = _hook_installer()
+            for module in self._models_around(layers):
+                install(module)
+            self._truncation = (layers, owner, name)
+        _, owner, name = self._truncation
         setattr(owner, name, nn.ModuleList(list(layers)[:needed]))
         self._untruncated = layers
         try:
@@ -398,6 +402,8 @@ class TargetModel(ABC):
         ]
 
     _untruncated: nn.ModuleList | None = None
+    #: The whole tower's layers, the module holding them and its attribute name, once its models are hooked.
+    _truncation: tuple[nn.ModuleList, nn.Module, str] | None = None
 
     def _owner_of(self, layers: nn.ModuleList) -> tuple[nn.Module, str]:
         for module in self.model.modules():

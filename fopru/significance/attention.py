@@ -8,6 +8,8 @@ The second one is what the vision tap computes next to the layer's fast (SDPA) a
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +25,31 @@ CLS_DROPS: tuple[str, ...] = ("after_softmax", "before_softmax")
 # Query rows per block are chosen so one block of float32 scores stays under this many bytes; small blocks are
 # reused by the allocator instead of being mapped afresh on every call.
 _BLOCK_BYTES = 16 * 2**20
+
+
+class _Scratch(threading.local):
+    """One float32 buffer per thread that a CPU summary's blocks are computed in, kept between calls.
+
+    A block of scores is several megabytes: allocated afresh on every call, the C allocator maps and unmaps it
+    from the system each time and every page faults in again, which cost the tap more than its arithmetic. (CUDA's
+    caching allocator reuses such blocks already.)
+    """
+
+    buffer: torch.Tensor | None = None
+
+    def views(self, inputs: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor] | None:
+        """Contiguous float32 views of the buffer, one per shape, or ``None`` (allocate instead) off the CPU or
+        where autograd records ``inputs``."""
+        if inputs.device.type != "cpu" or (inputs.requires_grad and torch.is_grad_enabled()):
+            return None
+        sizes = [math.prod(shape) for shape in shapes]
+        if self.buffer is None or self.buffer.numel() < sum(sizes):
+            self.buffer = torch.empty(sum(sizes), dtype=torch.float32)
+        parts = torch.split(self.buffer[: sum(sizes)], sizes)
+        return [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
+
+
+_SCRATCH = _Scratch()
 
 
 @dataclass(frozen=True)
@@ -91,17 +118,27 @@ def _split_cls(num_positions: int, has_cls: bool) -> int:
     return first
 
 
-def _head_sums(logits: torch.Tensor, first: int, reduction: AttentionReduction) -> torch.Tensor:
+def _head_sums(
+    logits: torch.Tensor,
+    first: int,
+    reduction: AttentionReduction,
+    probabilities: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Scores of a block of query rows summed over heads, keys restricted to patches: (B, rows, N).
 
-    The softmax is one fused kernel over the block's logits, and the head sum one contiguous reduction before the
-    [CLS] column is dropped: the tap's cost stays close to its two passes over the block.
+    ``probabilities``: the softmax over all keys, already taken (the default reduction). ``out``: a (B,
+    rows, T) buffer for the sum. The softmax is one fused kernel over the block's logits, and the head sum one
+    contiguous reduction before the [CLS] column is dropped: the tap's cost stays close to its two passes over the
+    block.
     """
     if reduction.scores == "logits":
-        return logits.sum(dim=1)[..., first:]
+        return torch.sum(logits, dim=1, out=out)[..., first:]
     if reduction.cls_drop == "before_softmax":
         return torch.softmax(logits[..., first:], dim=-1).sum(dim=1)
-    return torch.softmax(logits, dim=-1).sum(dim=1)[..., first:]
+    if probabilities is None:
+        probabilities = torch.softmax(logits, dim=-1)
+    return torch.sum(probabilities, dim=1, out=out)[..., first:]
 
 
 def summarize_attention(
@@ -145,7 +182,7 @@ def summarize_query_key(
     """Summary from a layer's (B, H, T, D) queries and keys, computed block by block over query rows.
 
     Memory is O(B * H * block_rows * T) instead of O(B * H * T^2). ``block_rows`` defaults to as many rows as fit
-    in a 16 MiB block.
+    in a 16 MiB block; on the CPU the blocks are computed in a buffer kept between calls.
     """
     reduction = reduction or AttentionReduction()
     if query.ndim != 4 or key.shape != query.shape:
@@ -157,13 +194,30 @@ def summarize_query_key(
     num_patches = positions - first
     if block_rows is None:
         block_rows = max(1, _BLOCK_BYTES // (4 * batch * heads * positions))
+    block_rows = min(block_rows, positions)
     scaled = query.float() * scaling
     key_t = key.float().transpose(-1, -2)
+    # The softmax over all keys goes into a buffer where the reduction reads it.
+    softmax_once = reduction.scores == "probabilities" and reduction.cls_drop == "after_softmax"
+    block = (batch, heads, block_rows, positions)
+    scratch = _SCRATCH.views(scaled, block, block, block[:1] + block[2:])
     received: torch.Tensor | None = None
     paid_parts: list[torch.Tensor] = []
     cls: torch.Tensor | None = None
+    cls_joint: torch.Tensor | None = None
     for start in range(0, positions, block_rows):
-        summed = _head_sums(torch.matmul(scaled[:, :, start : start + block_rows], key_t), first, reduction)
+        rows_here = min(block_rows, positions - start)
+        logits_buffer, probability_buffer, sum_buffer = (
+            (None, None, None) if scratch is None else [_leading(part, rows_here) for part in scratch]
+        )
+        logits = torch.matmul(scaled[:, :, start : start + rows_here], key_t, out=logits_buffer)
+        if has_cls and start == 0:
+            # LLaVA-PruMerge's one softmax over the full-width [CLS] logits (every head's query and key
+            # concatenated, scaled by the full width): the per-head [CLS] dot products summed over heads.
+            joint = logits[:, :, 0].sum(dim=1) * (1.0 / scaling) * (heads * query.shape[-1]) ** -0.5
+            cls_joint = joint.softmax(dim=-1)[:, first:]
+        probabilities = torch._softmax(logits, -1, False, out=probability_buffer) if softmax_once else None
+        summed = _head_sums(logits, first, reduction, probabilities, out=sum_buffer)
         if has_cls and start == 0:
             cls = summed[:, 0, :] / heads
         rows = summed[:, max(0, first - start) :, :]  # the patches' query rows
@@ -173,11 +227,11 @@ def summarize_query_key(
     assert received is not None
     scale = 1.0 / (heads * num_patches)
     received = received * scale
-    paid = torch.cat(paid_parts, dim=1) * scale
-    cls_joint = None
-    if has_cls:
-        # One softmax over the full-width [CLS] logits: heads concatenated, scaled by the full width.
-        # (The per-head [CLS] dot products summed over heads are the full-width ones.)
-        joint = torch.matmul(query[:, :, :1].float(), key_t).sum(dim=1)[:, 0] * (heads * query.shape[-1]) ** -0.5
-        cls_joint = joint.softmax(dim=-1)[:, first:]
+    paid = (paid_parts[0] if len(paid_parts) == 1 else torch.cat(paid_parts, dim=1)) * scale
     return AttentionSummary(received=received, paid=paid, cls=cls, cls_joint=cls_joint)
+
+
+def _leading(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """A contiguous (B, H, rows, T) or (B, rows, T) view at the start of a block buffer sized for more rows."""
+    shape = (*buffer.shape[:-2], rows, buffer.shape[-1])
+    return buffer.flatten()[: math.prod(shape)].view(shape)

@@ -106,3 +106,24 @@ def test_pool_merged_sums_two_by_two_blocks_in_both_orders() -> None:
     assert pool_merged(blocks, ((2, 4),), 2, order="blocks").tolist() == [[14.0, 22.0]]
     with pytest.raises(ConfigError, match="divide"):
         pool_merged(torch.zeros(1, 9), ((3, 3),), 2)
+
+
+def test_summaries_do_not_share_memory_between_calls() -> None:
+    # On the CPU the blocks are computed in one buffer kept between calls: what a call returns must not change
+    # when the next call (of another shape, in several blocks) reuses it.
+    generator = torch.Generator().manual_seed(3)
+    first_query, first_key = (torch.randn(2, 2, 5, 4, generator=generator) for _ in range(2))
+    first = summarize_query_key(first_query, first_key, 0.5, has_cls=True)
+    kept = [tensor.clone() for tensor in (first.received, first.paid, first.cls, first.cls_joint)]
+    other_query, other_key = (torch.randn(3, 2, 9, 4, generator=generator) for _ in range(2))
+    summarize_query_key(other_query, other_key, 0.5, has_cls=True, block_rows=2)
+    for before, after in zip(kept, (first.received, first.paid, first.cls, first.cls_joint), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_gradients_flow_through_a_summary() -> None:
+    # With autograd recording, the blocks are allocated (no kept buffer, whose `out=` writes autograd refuses).
+    query = torch.randn(1, 2, 5, 4, requires_grad=True)
+    key = torch.randn(1, 2, 5, 4)
+    summarize_query_key(query, key, 0.5).received.sum().backward()
+    assert query.grad is not None and torch.isfinite(query.grad).all()

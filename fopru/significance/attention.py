@@ -44,7 +44,10 @@ class _Scratch(threading.local):
             return None
         sizes = [math.prod(shape) for shape in shapes]
         if self.buffer is None or self.buffer.numel() < sum(sizes):
-            self.buffer = torch.empty(sum(sizes), dtype=torch.float32)
+            # A normal tensor, even when first needed under inference mode: normal tensors may be written inside
+            # and outside it, inference tensors only inside.
+            with torch.inference_mode(False):
+                self.buffer = torch.empty(sum(sizes), dtype=torch.float32)
         parts = torch.split(self.buffer[: sum(sizes)], sizes)
         return [part.view(shape) for part, shape in zip(parts, shapes, strict=True)]
 

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fopru.errors import ConfigError
+from fopru.significance import attention
 from fopru.significance.attention import AttentionReduction, summarize_attention, summarize_query_key
 from fopru.significance.pooling import pool_merged
 
@@ -127,3 +128,16 @@ def test_gradients_flow_through_a_summary() -> None:
     key = torch.randn(1, 2, 5, 4)
     summarize_query_key(query, key, 0.5).received.sum().backward()
     assert query.grad is not None and torch.isfinite(query.grad).all()
+
+
+def test_summaries_inside_and_outside_inference_mode_share_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The evaluation summarises under inference mode, the latency requests and the training without it, in any order;
+    # here the kept buffer is first made under inference mode.
+    monkeypatch.setattr(attention._SCRATCH, "buffer", None)
+    query, key = (torch.randn(1, 2, 6, 4, generator=torch.Generator().manual_seed(seed)) for seed in (4, 5))
+    with torch.inference_mode():
+        inside = summarize_query_key(query, key, 0.5)
+    outside = summarize_query_key(query, key, 0.5)
+    with torch.inference_mode():
+        again = summarize_query_key(query, key, 0.5)
+    assert torch.equal(inside.received, outside.received) and torch.equal(inside.received, again.received)

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 def tap_flops(patches: int, width: int, has_cls: bool) -> int:
     """Matrix-product FLOPs the tap adds to one attention call: the tapped layer's queries times its keys over the
-    whole sequence (patches, plus [CLS]), and, with [CLS], once more its query against every key at full width
-    (the joint softmax, :attr:`AttentionSummary.cls_joint`)."""
+    whole sequence (patches, plus [CLS]). The joint [CLS] row (:attr:`AttentionSummary.cls_joint`) is read off
+    those products."""
     sequence = patches + int(has_cls)
-    return 2 * sequence * (sequence + int(has_cls)) * width
+    return 2 * sequence * sequence * width
 
 
 def prune_images(

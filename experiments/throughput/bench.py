@@ -5,7 +5,8 @@
 2. sweep: the default keep sweep (``keep=0.05,0.1,0.25,0.5,1.0``) with the vision cache against ``cache=off``, as
    prediction loops in this process (and, with ``--cli``, as two real ``train_eval.py -m`` sweeps) (target <= 0.6);
 3. prefill: the pruned pipeline (tap, significance, selection, projector, prefill at keep 0.25) against the stock
-   vision tower + projector + LLM prefill fed the same reduced token count (target within 5%);
+   vision tower + projector + LLM prefill fed the same reduced token count (target within 5%), one question at a
+   time and in batches of the evaluation's ``batch_size``;
 4. tap: the tapped tower against the untapped one (``experiments/tap_overhead/benchmark.py``'s encoder; within 5%).
 
 Every comparison alternates its two variants round by round (the machine is shared: absolute times drift, the
@@ -187,7 +188,12 @@ def cli_sweeps(questions: int) -> dict[str, Any]:
 
 
 # -- 3: the pruned prefill against stock vision + stock prefill on the same count ----------------------------------
-def prefill(target: TargetModel, rows: list[dict[str, Any]], keep: float, rounds: int) -> dict[str, Any]:
+def prefill(
+    target: TargetModel, rows: list[dict[str, Any]], keep: float, rounds: int, batch: int = 1
+) -> dict[str, Any]:
+    """The pruned prefill against the stock one, ``batch`` questions at a time (left-padded). The stock side runs
+    the whole tower, the projector on the same number of visual tokens and the language model on those tokens
+    followed by each prompt's text (its padding masked): the same token counts, so the same cost."""
     now = clock(target.device)
     method = pipeline("rank", keep)
     model = target.model
@@ -196,10 +202,13 @@ def prefill(target: TargetModel, rows: list[dict[str, Any]], keep: float, rounds
     target.vision_cache = None
     with torch.no_grad():
         for _ in range(rounds):
-            for row in rows:
-                batch = target.prepare([row["image"]], [target.format_prompt(row["prompt"])])
+            for start in range(0, len(rows) - batch + 1, batch):
+                chunk = rows[start : start + batch]
+                prepared = target.prepare(
+                    [row["image"] for row in chunk], [target.format_prompt(row["prompt"]) for row in chunk]
+                )
                 began = now()
-                inputs = target.prefill_inputs(batch, method)
+                inputs = target.prefill_inputs(prepared, method)
                 target.language_forward(
                     inputs.position_ids, inputs.attention_mask, _cache(), inputs_embeds=inputs.inputs_embeds,
                     logits_to_keep=1,
@@ -207,16 +216,24 @@ def prefill(target: TargetModel, rows: list[dict[str, Any]], keep: float, rounds
                 ours = now() - began
                 kept = int(inputs.visual_tokens[0])
                 began = now()
-                pixels = batch["pixel_values"].to(target.device, target.dtype)
+                pixels = prepared["pixel_values"].to(target.device, target.dtype)
                 hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[feature_layer]
                 visual = model.model.multi_modal_projector(hidden[:, 1 : 1 + kept])
-                ids = batch["input_ids"][:, batch["input_ids"][0] != model.config.image_token_id]
-                text = model.get_input_embeddings()(ids)
-                embeds = torch.cat([text[:, :1], visual, text[:, 1:]], dim=1)
-                model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+                text_rows = prepared["input_ids"] != model.config.image_token_id
+                width = int(text_rows.sum(dim=1)[0])  # every row holds the same number of image tokens
+                ids = prepared["input_ids"][text_rows].view(len(chunk), width)
+                mask = prepared["attention_mask"][text_rows].view(len(chunk), width)
+                embeds = torch.cat([visual, model.get_input_embeddings()(ids)], dim=1)
+                mask = torch.cat([mask.new_ones((len(chunk), kept)), mask], dim=1)
+                model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
                 stock = now() - began
                 ratios.append(ours / stock)
-    return {"keep": keep, "rows": len(rows) * rounds, "ratio_median": statistics.median(ratios)}
+    return {
+        "keep": keep,
+        "batch": batch,
+        "batches": len(ratios),
+        "ratio_median": statistics.median(ratios),
+    }
 
 
 def _cache() -> Any:
@@ -339,7 +356,8 @@ def main() -> None:
         figures["sweep"] = sweep(embedded, rows, batch, tokens, args.sweep_rounds)
         print("sweep", json.dumps(figures["sweep"]), flush=True)
         figures["prefill"] = prefill(embedded, rows[:40], 0.25, args.rounds)
-        print("prefill", json.dumps(figures["prefill"]), flush=True)
+        figures["prefill_batched"] = prefill(embedded, rows[: 40 * batch], 0.25, args.rounds, batch)
+        print("prefill", json.dumps(figures["prefill"]), json.dumps(figures["prefill_batched"]), flush=True)
         tower = embedded.model.model.vision_tower
         pixels = embedded.prepare([rows[0]["image"]], [embedded.format_prompt("x")])["pixel_values"]
         figures["tap_mini"] = tap(tower, embedded.default_tap_layer(), pixels, 50, "cpu")
@@ -365,6 +383,7 @@ def main() -> None:
                 "throughput": throughput(big, few, 16, tokens, 2),
                 "sweep": sweep(big, few, 16, tokens, 1),
                 "prefill": prefill(big, few[:16], 0.25, 2),
+                "prefill_batched": prefill(big, few, 0.25, 2, 8),
             }
             layers = SHAPES[shape]["vision_layers"]
             dtype, images = (torch.float32, 1) if args.smoke else (torch.float16, 16)

@@ -125,22 +125,21 @@ def _head_sums(
     logits: torch.Tensor,
     first: int,
     reduction: AttentionReduction,
-    probabilities: torch.Tensor | None = None,
+    probabilities_out: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scores of a block of query rows summed over heads, keys restricted to patches: (B, rows, N).
 
-    ``probabilities``: the softmax over all keys, already taken (the default reduction). ``out``: a (B,
-    rows, T) buffer for the sum. The softmax is one fused kernel over the block's logits, and the head sum one
-    contiguous reduction before the [CLS] column is dropped: the tap's cost stays close to its two passes over the
-    block.
+    ``probabilities_out``: a buffer shaped like ``logits`` for the softmax over all keys (the default reduction);
+    ``out``: a (B, rows, T) buffer for the sum. The softmax is one fused kernel over the block's logits, and the
+    head sum one contiguous reduction before the [CLS] column is dropped: the tap's cost stays close to its two
+    passes over the block.
     """
     if reduction.scores == "logits":
         return torch.sum(logits, dim=1, out=out)[..., first:]
     if reduction.cls_drop == "before_softmax":
         return torch.softmax(logits[..., first:], dim=-1).sum(dim=1)
-    if probabilities is None:
-        probabilities = torch.softmax(logits, dim=-1)
+    probabilities = torch._softmax(logits, -1, False, out=probabilities_out)
     return torch.sum(probabilities, dim=1, out=out)[..., first:]
 
 
@@ -200,8 +199,6 @@ def summarize_query_key(
     block_rows = min(block_rows, positions)
     scaled = query.float() * scaling
     key_t = key.float().transpose(-1, -2)
-    # The softmax over all keys goes into a buffer where the reduction reads it.
-    softmax_once = reduction.scores == "probabilities" and reduction.cls_drop == "after_softmax"
     block = (batch, heads, block_rows, positions)
     scratch = _SCRATCH.views(scaled, block, block, block[:1] + block[2:])
     received: torch.Tensor | None = None
@@ -214,15 +211,13 @@ def summarize_query_key(
             (None, None, None) if scratch is None else [_leading(part, rows_here) for part in scratch]
         )
         logits = torch.matmul(scaled[:, :, start : start + rows_here], key_t, out=logits_buffer)
+        summed = _head_sums(logits, first, reduction, probability_buffer, out=sum_buffer)
         if has_cls and start == 0:
+            cls = summed[:, 0, :] / heads
             # LLaVA-PruMerge's one softmax over the full-width [CLS] logits (every head's query and key
             # concatenated, scaled by the full width): the per-head [CLS] dot products summed over heads.
             joint = logits[:, :, 0].sum(dim=1) * (1.0 / scaling) * (heads * query.shape[-1]) ** -0.5
             cls_joint = joint.softmax(dim=-1)[:, first:]
-        probabilities = torch._softmax(logits, -1, False, out=probability_buffer) if softmax_once else None
-        summed = _head_sums(logits, first, reduction, probabilities, out=sum_buffer)
-        if has_cls and start == 0:
-            cls = summed[:, 0, :] / heads
         rows = summed[:, max(0, first - start) :, :]  # the patches' query rows
         part = rows.sum(dim=1)
         received = part if received is None else received + part
